@@ -1,0 +1,111 @@
+"""The AppHost contract every runtime implements, and the values it reports."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..policy import SandboxPolicy
+
+
+class HostState(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FAILED = "failed"
+
+
+class ExitReason(str, Enum):
+    EXITED = "exited"  # code 0
+    CRASHED = "crashed"  # non-zero code, signal, trap
+    MEMORY_LIMIT = "memory_limit"
+    CPU_LIMIT = "cpu_limit"
+    TIMEOUT = "timeout"  # maxRuntimeSeconds
+    STOPPED = "stopped"  # we asked it to stop
+    PROTOCOL_VIOLATION = "protocol_violation"
+    SUPERVISOR_LOST = "supervisor_lost"
+    NODE_LOST = "node_lost"
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How an app ended. ``code`` is the exit code, or -signal, or None if unknown."""
+
+    code: int | None
+    reason: ExitReason
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason.value, "detail": self.detail}
+
+    @staticmethod
+    def from_dict(obj: dict[str, Any]) -> ExitInfo:
+        return ExitInfo(obj.get("code"), ExitReason(obj["reason"]), obj.get("detail", ""))
+
+    @property
+    def failed(self) -> bool:
+        """True for the ends a restart policy of ``on-failure`` restarts."""
+        return self.reason not in (ExitReason.EXITED, ExitReason.STOPPED)
+
+
+# An API call from the app: (method, params) -> a future of the result. The future
+# fails with an EstarterError (sent back to the app as its JSON-RPC error).
+ApiHandler = Callable[[str, Any], "concurrent.futures.Future[Any]"]
+# A log line of the app: (level, message). Levels: debug info warning error.
+LogSink = Callable[[str, str], None]
+ExitCallback = Callable[[ExitInfo], None]
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """What a host needs besides its policy; passed in, never looked up."""
+
+    api: ApiHandler
+    log: LogSink
+    on_exit: ExitCallback
+    home: Path  # ESTARTER_HOME
+    appdata: Path  # the app's appdata zone on disk (its working folder)
+    zones: dict[str, Path] = field(default_factory=dict)  # virtual name -> host folder
+    env: dict[str, str] = field(default_factory=dict)  # extra ESTARTER_* variables
+
+
+@runtime_checkable
+class AppHost(Protocol):
+    """One running app. Every method is safe to call from any thread."""
+
+    app_id: str
+
+    @property
+    def state(self) -> HostState: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None:
+        """Start the app; returns once it runs. Raises LaunchError."""
+
+    def stop(self, grace: float = 5.0) -> ExitInfo:
+        """Ask the app to exit, wait ``grace`` seconds, kill everything, reap.
+
+        Idempotent; returns the exit info (reason ``stopped`` unless it had already ended).
+        """
+        ...
+
+    def wait(self, timeout: float | None = None) -> ExitInfo | None:
+        """The exit info once the app has ended, or None after ``timeout``."""
+        ...
+
+    def notify(self, method: str, params: Any) -> None:
+        """Send a host-to-app notification; never blocks (dropped if the app can't take it)."""
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able snapshot: pid, state, limits applied and not applied."""
+        ...
+
+    def close(self) -> None:
+        """Release everything; stops the app first if it runs. Idempotent."""

@@ -1,0 +1,72 @@
+"""SandboxPolicy: what a host must enforce for one app, derived from its manifest.
+
+Pure data, no I/O: the manifest plus where the app lives and what the operator
+granted becomes one frozen value that hosts, limits and the kernel all read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .manifest import AppManifest, RestartPolicy, RuntimeKind, resolve_entry
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    app_id: str
+    runtime: RuntimeKind
+    app_dir: Path
+    entry: Path  # absolute, checked to be inside app_dir
+    args: tuple[str, ...]
+    requested: frozenset[str]
+    granted: frozenset[str]  # what the operator allowed; always a subset of requested
+    memory_limit_bytes: int  # 0 = unlimited
+    max_processes: int  # 0 = unlimited
+    cpu_quota_percent: int  # percent of one core, 0 = unlimited
+    network_allowed: bool
+    max_runtime_seconds: float  # 0 = unlimited
+    disk_quota_bytes: int
+    restart: RestartPolicy
+    sandboxed: bool
+    strict: bool = False  # refuse to launch when a limit cannot be applied
+    version: str = "0.1.0"
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: AppManifest,
+        app_dir: Path,
+        granted: frozenset[str] | None = None,
+        strict: bool = False,
+    ) -> SandboxPolicy:
+        """Build the policy; ``granted`` defaults to nothing beyond what is requested."""
+        requested = manifest.requested_permissions
+        return cls(
+            app_id=manifest.id,
+            runtime=manifest.runtime,
+            app_dir=app_dir.resolve(),
+            entry=resolve_entry(app_dir, manifest),
+            args=tuple(manifest.args),
+            requested=requested,
+            granted=requested if granted is None else (granted & requested),
+            memory_limit_bytes=manifest.memory_limit_mb * MIB,
+            max_processes=manifest.max_processes,
+            cpu_quota_percent=manifest.cpu_quota,
+            network_allowed=manifest.network_allowed,
+            max_runtime_seconds=float(manifest.max_runtime_seconds),
+            disk_quota_bytes=manifest.disk_quota_mb * MIB,
+            restart=manifest.restart,
+            sandboxed=manifest.sandboxed,
+            strict=strict,
+            version=manifest.version,
+        )
+
+    def with_grants(self, granted: frozenset[str]) -> SandboxPolicy:
+        return replace(self, granted=granted & self.requested)
+
+    def allows(self, permission: str) -> bool:
+        return permission in self.granted
