@@ -1,0 +1,131 @@
+"""The one module of estarter that calls ``ray.*``. Tests may replace it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from estarter.errors import ApiTimeout, EstarterError, InternalError, NotFound
+
+from .options import NAMESPACE
+
+DEFAULT_TIMEOUT = 120.0
+
+
+def init(address: str | None = None) -> None:
+    """Connect to ``address``, or start an embedded local Ray. Idempotent."""
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address or "local",
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        log_to_driver=bool(os.environ.get("ESTARTER_RAY_LOGS")),
+        configure_logging=False,
+    )
+
+
+def is_initialized() -> bool:
+    return bool(ray.is_initialized())
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def remote(cls: type, options: dict[str, Any]) -> Any:
+    return ray.remote(**options)(cls)
+
+
+def translate(exc: BaseException) -> BaseException:
+    """Ray's wrappers -> our errors: an EstarterError raised in an actor comes back as
+    itself; a dead actor is NotFound; anything else is an internal error."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, EstarterError):
+            return cause
+        return InternalError(f"{type(cause).__name__}: {cause}")
+    if isinstance(exc, ray.exceptions.GetTimeoutError):
+        return ApiTimeout("the runtime did not answer in time")
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return NotFound(f"actor is gone: {exc}")
+    return exc
+
+
+def get(ref: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    try:
+        return ray.get(ref, timeout=timeout)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+        raise translate(exc) from None
+
+
+def future(ref: Any) -> concurrent.futures.Future[Any]:
+    """A concurrent future of ``ref`` whose failure is already translated."""
+    out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def done(f: concurrent.futures.Future[Any]) -> None:
+        exc = f.exception()
+        if exc is None:
+            out.set_result(f.result())
+        else:
+            out.set_exception(translate(exc))
+
+    ref.future().add_done_callback(done)
+    return out
+
+
+def get_actor(name: str) -> Any:
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        raise NotFound(f"no actor named {name}") from None
+
+
+def kill(handle: Any, no_restart: bool = True) -> None:
+    try:
+        ray.kill(handle, no_restart=no_restart)
+    except (ValueError, ray.exceptions.RayError):
+        pass
+
+
+def wait(refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+    ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+    return list(ready), list(rest)
+
+
+def node_ip() -> str:
+    return str(ray.util.get_node_ip_address())
+
+
+def node_id() -> str:
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def node_alive(node: str) -> bool:
+    return any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+
+
+class SyncProxy:
+    """Calls a Ray actor's methods as if they were local: ``proxy.m(x)`` is
+    ``get(handle.m.remote(x))``, errors translated."""
+
+    def __init__(self, handle: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._handle = handle
+        self._timeout = timeout
+
+    @property
+    def handle(self) -> Any:
+        return self._handle
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._handle, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return get(method.remote(*args, **kwargs), self._timeout)
+
+        return call

@@ -1,0 +1,387 @@
+"""ProcessHost: one app as a child process speaking JSON-RPC 2.0 over stdin/stdout.
+
+Threads, each with one job, so nothing the app does can block the owner:
+- ``owner``: spawns the child (so PDEATHSIG is tied to a thread that lives exactly
+  as long as the child), waits for it, and is the only caller of ``wait``;
+- ``reader``: stdout -> frames -> endpoint (requests go to ``ctx.api``);
+- ``stderr``: stderr lines -> ``ctx.log``, rate limited, dropped lines counted;
+- ``writer``: a bounded queue -> stdin, so an app that never reads its stdin
+  stalls only this thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
+from ..manifest import RuntimeKind
+from ..policy import SandboxPolicy
+from ..protocol.endpoint import Endpoint
+from ..protocol.framing import FrameDecoder, FramingError, encode_frame
+from . import launcher, limits
+from .base import ExitInfo, ExitReason, HostContext, HostState
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MALFORMED = 10
+MAX_PENDING_OUT_BYTES = 32 * 1024 * 1024
+LOG_LINE_MAX = 8192
+LOG_LINES_PER_SECOND = 2000
+LOG_BURST = 5000
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_LAUNCHER = str(Path(launcher.__file__).resolve())
+
+
+def app_command(policy: SandboxPolicy) -> list[str]:
+    """The argv that runs the app itself (before launcher and sandbox wrappers)."""
+    if policy.runtime is RuntimeKind.PYTHON:
+        # -E -s -B: no PYTHON* variables, no user site, no .pyc in the app folder.
+        # Not -I: that would also drop the app folder from sys.path, and apps
+        # with more than one module need it.
+        return [sys.executable, "-E", "-s", "-B", str(policy.entry), *policy.args]
+    if policy.runtime is RuntimeKind.NATIVE:
+        return [str(policy.entry), *policy.args]
+    raise LaunchError(f"ProcessHost cannot run runtime {policy.runtime.value!r}")
+
+
+def child_env(policy: SandboxPolicy, ctx: HostContext) -> dict[str, str]:
+    env = {
+        "PATH": SAFE_PATH,
+        "LANG": "C.UTF-8",
+        "ESTARTER_MODE": "hosted",
+        "ESTARTER_APP_ID": policy.app_id,
+    }
+    env.update({k: v for k, v in ctx.env.items() if k.startswith("ESTARTER_")})
+    env.update(dict(policy.extra_env))
+    return env
+
+
+class _RateLimiter:
+    """Token bucket: ``allow()`` is False once the app logs faster than the rate."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.last = rate, burst, burst, time.monotonic()
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+
+class ProcessHost:
+    """Hosts one native or python app. See the module docstring for the threads."""
+
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        ctx: HostContext,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_pending_out_bytes: int = MAX_PENDING_OUT_BYTES,
+    ) -> None:
+        self.app_id = policy.app_id
+        self.policy = policy
+        self.ctx = ctx
+        self._max_message = max_message_bytes
+        self._max_out = max_pending_out_bytes
+        self._lock = threading.Lock()
+        self._state = HostState.STARTING
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._limits = limits.prepare(policy, ctx)
+        self._plan: limits.LaunchPlan | None = None
+        self._spawned = threading.Event()
+        self._spawn_error: BaseException | None = None
+        self._done = threading.Event()
+        self._exit: ExitInfo | None = None
+        self._end_cause: tuple[ExitReason, str] | None = None  # why *we* ended it
+        self._out: queue.Queue[bytes | None] = queue.Queue()
+        self._out_bytes = 0
+        self._dropped_notifications = 0
+        self._log_limiter = _RateLimiter(LOG_LINES_PER_SECOND, LOG_BURST)
+        self._started_at: float | None = None
+        self._deadline_timer: threading.Timer | None = None
+        self._closed = False
+        self._drainers: list[threading.Thread] = []
+        self.endpoint = Endpoint(self._dispatch, self._send)
+
+    # -- AppHost ---------------------------------------------------------------
+
+    @property
+    def state(self) -> HostState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        if self._closed:
+            raise RuntimeClosed(f"host of {self.app_id} is closed")
+        if self._proc is not None or self._spawned.is_set():
+            raise LaunchError(f"{self.app_id} was already started")
+        self.ctx.appdata.mkdir(parents=True, exist_ok=True)
+        plan = self._limits.plan(app_command(self.policy), child_env(self.policy, self.ctx),
+                                 self.ctx.appdata)
+        self._plan = plan
+        for missing in plan.not_applied:
+            self.ctx.log("warning", f"limit not applied: {missing}")
+        owner = threading.Thread(target=self._own, name=f"estarter-owner-{self.app_id}",
+                                 daemon=True)
+        owner.start()
+        if not self._spawned.wait(30):
+            raise LaunchError(f"{self.app_id}: spawn did not complete within 30 s")
+        if self._spawn_error is not None:
+            raise LaunchError(f"{self.app_id}: cannot start: {self._spawn_error}") from None
+
+    def stop(self, grace: float = 5.0) -> ExitInfo:
+        if self._exit is not None:
+            return self._exit
+        self._end(ExitReason.STOPPED, "stopped on request", kill=False)
+        with self._lock:
+            if self._state in (HostState.STARTING, HostState.RUNNING):
+                self._state = HostState.STOPPING
+        if self._proc is not None and grace > 0:
+            try:
+                self.endpoint.request("app.shutdown", {"graceSeconds": grace})
+            except EstarterError:
+                pass
+            self._done.wait(grace)
+        if not self._done.is_set():
+            self._limits.kill()
+            self._done.wait(10)
+        info = self._exit
+        return info if info is not None else ExitInfo(None, ExitReason.STOPPED, "not reaped")
+
+    def wait(self, timeout: float | None = None) -> ExitInfo | None:
+        self._done.wait(timeout)
+        return self._exit
+
+    def notify(self, method: str, params: Any) -> None:
+        if self._exit is not None or self._closed:
+            return
+        if self._out_bytes > self._max_out // 2:
+            self._dropped_notifications += 1  # the app is not reading: don't grow
+            return
+        try:
+            self.endpoint.notify(method, params)
+        except EstarterError:
+            self._dropped_notifications += 1
+
+    def info(self) -> dict[str, Any]:
+        stats = self.endpoint.statistics()
+        plan = self._plan
+        return {
+            "appId": self.app_id,
+            "state": self._state.value,
+            "pid": self.pid,
+            "startedAt": self._started_at,
+            "runtime": self.policy.runtime.value,
+            "limits": {
+                **self._limits.report(),
+                "applied": list(plan.applied) if plan else [],
+                "notApplied": list(plan.not_applied) if plan else [],
+            },
+            "messages": {
+                "received": stats.received,
+                "sent": stats.sent,
+                "malformed": stats.malformed,
+                "pendingOutBytes": self._out_bytes,
+                "droppedNotifications": self._dropped_notifications,
+                "droppedLogLines": self._log_limiter.dropped,
+            },
+            "exit": self._exit.to_dict() if self._exit else None,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._proc is not None and self._exit is None:
+            self.stop(grace=0)
+        self._closed = True
+        self._limits.cleanup()
+
+    def __enter__(self) -> ProcessHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- threads ---------------------------------------------------------------
+
+    def _own(self) -> None:
+        plan = self._plan
+        assert plan is not None
+        argv = [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(plan.spec), "--",
+                *plan.wrapper, *plan.argv]
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=plan.env, cwd=str(plan.cwd), close_fds=True, bufsize=0,
+            )
+        except OSError as exc:
+            self._spawn_error = exc
+            self._state = HostState.FAILED
+            self._spawned.set()
+            return
+        self._proc = proc
+        self._started_at = time.time()
+        self._limits.started(proc.pid)
+        self._state = HostState.RUNNING
+        for target, name in ((self._read_stdout, "reader"), (self._read_stderr, "stderr"),
+                             (self._write_stdin, "writer")):
+            t = threading.Thread(target=target, name=f"estarter-{name}-{self.app_id}",
+                                 daemon=True)
+            t.start()
+            if name != "writer":
+                self._drainers.append(t)
+        if self.policy.max_runtime_seconds > 0:
+            self._deadline_timer = threading.Timer(
+                self.policy.max_runtime_seconds,
+                self._end, (ExitReason.TIMEOUT, "maxRuntimeSeconds reached"),
+            )
+            self._deadline_timer.daemon = True
+            self._deadline_timer.start()
+        self._spawned.set()
+        code = proc.wait()  # the one owner of wait(): nothing else reaps this child
+        self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._limits.kill()  # whatever the app left behind goes with it
+        for t in self._drainers:  # stdout and stderr readers reach EOF after the kill
+            t.join(timeout=2)
+        limit_reason = self._limits.exit_reason(code)
+        if self._end_cause is not None:
+            reason, detail = self._end_cause
+        elif limit_reason is not None:
+            reason, detail = limit_reason, f"{limit_reason.value} (exit code {code})"
+        elif code == 0:
+            reason, detail = ExitReason.EXITED, ""
+        else:
+            reason = ExitReason.CRASHED
+            detail = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if self._log_limiter.dropped:
+            self.ctx.log("warning", f"{self._log_limiter.dropped} log lines dropped (flood)")
+        self._exit = ExitInfo(code, reason, detail)
+        self._state = HostState.EXITED
+        self._out.put(None)
+        self.endpoint.close(NotFound(f"app {self.app_id} has exited"))
+        self._limits.cleanup()
+        self._done.set()
+        try:
+            self.ctx.on_exit(self._exit)
+        except Exception as exc:  # the callback's failure must not hide the exit
+            self.ctx.log("error", f"exit callback failed: {exc!r}")
+
+    def _end(self, reason: ExitReason, detail: str, kill: bool = True) -> None:
+        """Record why we end the app (first cause wins) and, unless asked not to, kill it."""
+        with self._lock:
+            if self._end_cause is None and self._exit is None:
+                self._end_cause = (reason, detail)
+        if reason is ExitReason.PROTOCOL_VIOLATION:
+            self.ctx.log("error", f"protocol violation: {detail}")
+        if kill:
+            self._limits.kill()
+
+    def _read_stdout(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        fd = proc.stdout.fileno()
+        decoder = FrameDecoder(max_size=self._max_message)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if self._end_cause is not None and self._end_cause[0] is ExitReason.PROTOCOL_VIOLATION:
+                continue  # drain until the kill lands
+            try:
+                bodies = decoder.feed(data)
+            except FramingError as exc:
+                self._end(ExitReason.PROTOCOL_VIOLATION, str(exc))
+                continue
+            for body in bodies:
+                self.endpoint.receive(body)
+            if self.endpoint.statistics().malformed > MAX_MALFORMED:
+                self._end(ExitReason.PROTOCOL_VIOLATION,
+                          f"more than {MAX_MALFORMED} malformed messages")
+
+    def _read_stderr(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stderr is not None
+        fd = proc.stderr.fileno()
+        pending = b""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > LOG_LINE_MAX:  # a line without end: cut it
+                lines.append(pending[:LOG_LINE_MAX])
+                pending = b""
+            for line in lines:
+                if self._log_limiter.allow():
+                    self.ctx.log("info", line[:LOG_LINE_MAX].decode("utf-8", "replace"))
+        if pending and self._log_limiter.allow():
+            self.ctx.log("info", pending.decode("utf-8", "replace"))
+
+    def _write_stdin(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        fd = proc.stdin.fileno()
+        while True:
+            chunk = self._out.get()
+            if chunk is None:
+                break
+            try:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            except OSError:
+                break  # the app closed its stdin or exited; the owner reports the exit
+            finally:
+                with self._lock:
+                    self._out_bytes -= len(chunk)
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    # -- endpoint plumbing -----------------------------------------------------
+
+    def _send(self, obj: Any) -> None:
+        frame = encode_frame(obj)
+        with self._lock:
+            if self._exit is not None:
+                return
+            self._out_bytes += len(frame)
+            over = self._out_bytes > self._max_out
+        if over:
+            self._end(ExitReason.PROTOCOL_VIOLATION,
+                      f"app does not read its stdin ({self._max_out} bytes pending)")
+            return
+        self._out.put(frame)
+
+    def _dispatch(self, method: str, params: Any) -> Any:
+        return self.ctx.api(method, params)

@@ -1,0 +1,190 @@
+"""PermissionManager: who may do what, persisted in SQLite, every decision audited.
+
+Manifest permissions are *requested*. What is inside ``basic`` is granted without
+asking; anything beyond needs an operator grant, which persists. The effective set
+of an app is ``requested & (basic | operator grants)``; a revocation removes an
+operator grant (or denies a basic one explicitly) and counts from the next call.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import permissions as names
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+  app_id TEXT NOT NULL, permission TEXT NOT NULL, state TEXT NOT NULL,
+  changed_at REAL NOT NULL, PRIMARY KEY (app_id, permission));
+CREATE TABLE IF NOT EXISTS requested (
+  app_id TEXT NOT NULL, permission TEXT NOT NULL, PRIMARY KEY (app_id, permission));
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, app_id TEXT NOT NULL,
+  permission TEXT NOT NULL, method TEXT NOT NULL, decision TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_app ON audit (app_id, id);
+"""
+AUDIT_FLUSH_ROWS = 200
+AUDIT_KEEP_ROWS = 200_000
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A SQLite connection that survives kill -9 with no committed change lost."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False,
+                         isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+class PermissionManager:
+    """Thread-safe. ``check`` is the hot path: an in-memory lookup plus a buffered
+    audit row; grant changes write through to SQLite before they return."""
+
+    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._db = connect(db_path)
+        self._db.executescript(_SCHEMA)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._audit: list[tuple[float, str, str, str, str]] = []
+        self._requested: dict[str, frozenset[str]] = {}
+        self._effective: dict[str, frozenset[str]] = {}
+        for app_id, perm in self._db.execute("SELECT app_id, permission FROM requested"):
+            self._requested[app_id] = self._requested.get(app_id, frozenset()) | {perm}
+
+    # -- decisions -------------------------------------------------------------
+
+    def check(self, app_id: str, permission: str, method: str = "") -> bool:
+        """Is ``permission`` granted to ``app_id`` now? Records the decision."""
+        with self._lock:
+            allowed = permission in self._effective_of(app_id)
+            self._audit.append((self._clock(), app_id, permission, method,
+                                "allowed" if allowed else "denied"))
+            if len(self._audit) >= AUDIT_FLUSH_ROWS:
+                self._flush_audit()
+        return allowed
+
+    def granted(self, app_id: str) -> frozenset[str]:
+        with self._lock:
+            return self._effective_of(app_id)
+
+    def requested(self, app_id: str) -> frozenset[str]:
+        with self._lock:
+            return self._requested.get(app_id, frozenset())
+
+    # -- operator --------------------------------------------------------------
+
+    def register(self, app_id: str, requested: Iterable[str]) -> None:
+        """Record what an app's manifest requests (at install or launch)."""
+        req = frozenset(requested)
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM requested WHERE app_id=?", (app_id,))
+            self._db.executemany("INSERT INTO requested VALUES (?, ?)",
+                                 [(app_id, p) for p in sorted(req)])
+            self._requested[app_id] = req
+            self._effective.pop(app_id, None)
+
+    def grant(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
+        """Grant permissions (names or bundles); returns the effective set."""
+        return self._set(app_id, perms, "granted", by)
+
+    def revoke(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
+        """Revoke permissions; takes effect on the app's next call."""
+        return self._set(app_id, perms, "revoked", by)
+
+    def forget(self, app_id: str) -> None:
+        """Drop every grant of an uninstalled app (its audit rows stay)."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM grants WHERE app_id=?", (app_id,))
+            self._db.execute("DELETE FROM requested WHERE app_id=?", (app_id,))
+            self._requested.pop(app_id, None)
+            self._effective.pop(app_id, None)
+
+    def grants(self, app_id: str) -> dict[str, str]:
+        """Operator decisions for an app: permission -> granted|revoked."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT permission, state FROM grants WHERE app_id=? ORDER BY permission",
+                (app_id,)).fetchall()
+        return dict(rows)
+
+    def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            self._flush_audit()
+            sql = "SELECT time, app_id, permission, method, decision FROM audit"
+            args: tuple[Any, ...] = ()
+            if app_id is not None:
+                sql += " WHERE app_id=?"
+                args = (app_id,)
+            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        keys = ("time", "appId", "permission", "method", "decision")
+        return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_audit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush_audit()
+            self._db.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _set(self, app_id: str, perms: Iterable[str], state: str, by: str) -> frozenset[str]:
+        expanded: set[str] = set()
+        for name in perms:
+            expanded |= names.normalize(name)
+        now = self._clock()
+        with self._lock, self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
+                [(app_id, p, state, now) for p in sorted(expanded)])
+            self._db.executemany(
+                "INSERT INTO audit (time, app_id, permission, method, decision) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(now, app_id, p, f"operator:{by}", state) for p in sorted(expanded)])
+            self._effective.pop(app_id, None)
+            return self._effective_of(app_id)
+
+    def _effective_of(self, app_id: str) -> frozenset[str]:
+        cached = self._effective.get(app_id)
+        if cached is not None:
+            return cached
+        decisions = dict(self._db.execute(
+            "SELECT permission, state FROM grants WHERE app_id=?", (app_id,)).fetchall())
+        requested = self._requested.get(app_id, frozenset())
+        allowed = {p for p in requested
+                   if decisions.get(p) == "granted"
+                   or (p in names.BASIC and decisions.get(p) != "revoked")}
+        result = frozenset(allowed)
+        self._effective[app_id] = result
+        return result
+
+    def _flush_audit(self) -> None:
+        if not self._audit:
+            return
+        rows, self._audit = self._audit, []
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO audit (time, app_id, permission, method, decision) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

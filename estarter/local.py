@@ -1,0 +1,68 @@
+"""Local mode: kernel, permissions and supervisors wired in one process, no Ray.
+
+The same classes the Ray actors wrap, called directly; API calls run on a small
+thread pool so a blocking method (ipc.receive, permission.request) cannot stall
+an app's reader thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Any
+
+from .kernel.core import Kernel
+from .kernel.permissions import PermissionManager
+from .paths import state_db
+from .policy import SandboxPolicy
+from .supervision import Supervisor
+
+
+class LocalKernelPort:
+    def __init__(self, kernel: Kernel, workers: int = 16) -> None:
+        self.kernel = kernel
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers,
+                                                           thread_name_prefix="estarter-api")
+
+    def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        return self._pool.submit(self.kernel.handle, app_id, method, params)
+
+    def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
+        self.kernel.app_running(app_id, run_id, info)
+
+    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
+        self.kernel.app_logs(app_id, lines)
+
+    def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
+        self.kernel.app_exited(app_id, run_id, exit_info)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalSpawner:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port: LocalKernelPort | None = None
+        self.supervisors: list[Supervisor] = []
+
+    def spawn(self, policy: SandboxPolicy, run_id: int) -> Supervisor:
+        assert self.port is not None
+        sup = Supervisor(policy, run_id, self.port, self.home, node="local")
+        sup.start()
+        self.supervisors.append(sup)
+        return sup
+
+    def close(self) -> None:
+        for sup in self.supervisors:
+            sup.close()
+
+
+def local_kernel(home: Path, strict: bool = False) -> tuple[Kernel, LocalSpawner]:
+    from .store import AppStore
+
+    spawner = LocalSpawner(home)
+    kernel = Kernel(home, PermissionManager(state_db(home)), spawner, AppStore(home),
+                    node="local", strict=strict)
+    spawner.port = LocalKernelPort(kernel)
+    return kernel, spawner

@@ -1,0 +1,296 @@
+"""Supervisor: owns one app's host, forwards its API calls, restarts it per policy.
+
+Plain Python, no Ray. It reports to the kernel through a ``KernelPort`` whose
+methods never block for long: in Ray mode they are actor calls, in local mode direct
+calls. Each host exit is one step: decide (final or restart), act, report.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import logging.handlers
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import EstarterError, RuntimeClosed
+from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
+from .hosting.factory import create_host
+from .manifest import RestartPolicy
+from .paths import app_zones, log_file
+from .policy import SandboxPolicy
+
+LOG_BUFFER_LINES = 10000
+LOG_FILE_BYTES = 5 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+class KernelPort(Protocol):
+    def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        """Forward an API call; the future fails with an EstarterError."""
+        ...
+
+    def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None: ...
+
+    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None: ...
+
+    def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RestartRules:
+    """Exponential backoff with an OTP-style intensity limit."""
+
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 30.0  # a run this long resets the backoff
+    max_restarts: int = 5  # more than this many restarts ...
+    window: float = 60.0  # ... within this many seconds: failed
+
+    def delay(self, consecutive: int) -> float:
+        return float(min(self.max_delay, self.initial_delay * (2 ** max(0, consecutive - 1))))
+
+
+class _AppLog:
+    """The app's log: a size-capped rotating file, plus a bounded buffer to the kernel."""
+
+    def __init__(self, path: Path, app_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._logger = logging.Logger(f"estarter.app.{app_id}")
+        self._logger.addHandler(self._handler)
+        self._pending: collections.deque[tuple[str, str]] = collections.deque(
+            maxlen=LOG_BUFFER_LINES)
+        self._lock = threading.Lock()
+
+    def write(self, level: str, message: str) -> None:
+        self._logger.log(_LEVELS.get(level, logging.INFO), message)
+        with self._lock:
+            self._pending.append((level, message))
+
+    def take(self) -> list[tuple[str, str]]:
+        with self._lock:
+            lines = list(self._pending)
+            self._pending.clear()
+        return lines
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+class Supervisor:
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        run_id: int,
+        kernel: KernelPort,
+        home: Path,
+        *,
+        node: str = "local",
+        host_factory: Callable[[SandboxPolicy, HostContext], AppHost] = create_host,
+        rules: RestartRules | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        flush_interval: float = 0.05,
+    ) -> None:
+        self.policy = policy
+        self.app_id = policy.app_id
+        self.run_id = run_id
+        self.kernel = kernel
+        self.home = Path(home)
+        self.node = node
+        self.rules = rules or RestartRules()
+        self._factory = host_factory
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._host: AppHost | None = None
+        self._host_started = 0.0
+        self._restarts: collections.deque[float] = collections.deque()
+        self._consecutive = 0
+        self._stopping = False
+        self._final: dict[str, Any] | None = None
+        self._final_event = threading.Event()
+        self._restart_timer: threading.Timer | None = None
+        self._log = _AppLog(log_file(self.home, self.app_id), self.app_id)
+        self._flush_interval = flush_interval
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                         name=f"estarter-logs-{self.app_id}")
+        self._closed = False
+
+    # -- public ----------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """Start the app; raises LaunchError if its host cannot start."""
+        if self._closed:
+            raise RuntimeClosed(f"supervisor of {self.app_id} is closed")
+        self._flusher.start()
+        try:
+            self._start_host()
+        except BaseException:
+            self._closed = True
+            self._flush()
+            self._log.close()
+            raise
+        return self.info()
+
+    def stop(self, grace: float = 5.0) -> dict[str, Any]:
+        """Ask, wait ``grace``, kill, reap; no restart after. Returns the final exit."""
+        with self._lock:
+            self._stopping = True
+            if self._restart_timer is not None:
+                self._restart_timer.cancel()
+            host = self._host
+        if host is not None:
+            host.stop(grace)
+        else:  # between restarts: nothing runs
+            self._finalize(ExitInfo(None, ExitReason.STOPPED, "stopped between restarts"))
+        self._final_event.wait(15)
+        return self._final or ExitInfo(None, ExitReason.STOPPED, "stop pending").to_dict()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The final exit (after every restart), or None after ``timeout``."""
+        self._final_event.wait(timeout)
+        return self._final
+
+    def notify(self, method: str, params: Any) -> None:
+        host = self._host
+        if host is not None:
+            host.notify(method, params)
+
+    def info(self) -> dict[str, Any]:
+        host = self._host
+        base = host.info() if host is not None else {"appId": self.app_id, "state": "starting"}
+        return {**base, "node": self.node, "runId": self.run_id,
+                "restarts": len(self._restarts), "final": self._final}
+
+    def close(self) -> None:
+        """Stop the app if it runs and release everything. Idempotent."""
+        if self._closed:
+            return
+        if self._final is None:
+            self.stop(grace=0)
+        self._closed = True
+        host = self._host
+        if host is not None:
+            host.close()
+        self._flush()
+        self._log.close()
+
+    # -- steps -----------------------------------------------------------------
+
+    def _start_host(self) -> None:
+        zones = app_zones(self.home, self.app_id)
+        for path in zones.values():
+            path.mkdir(parents=True, exist_ok=True)
+        ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
+                          home=self.home, appdata=zones["appdata"], zones=zones)
+        host = self._factory(self.policy, ctx)
+        with self._lock:
+            self._host = host
+            self._host_started = self._clock()
+        host.start()
+        if host.state is HostState.RUNNING:
+            self.kernel.running(self.app_id, self.run_id,
+                                {"pid": host.pid, "node": self.node})
+
+    def _on_exit(self, info: ExitInfo) -> None:
+        """Runs on the host's thread when the app ends: one supervision step."""
+        level = "info" if info.reason in (ExitReason.EXITED, ExitReason.STOPPED) else "error"
+        self._log.write(level, f"app ended: {info.reason.value} "
+                               f"(code {info.code}){': ' + info.detail if info.detail else ''}")
+        decision = self._decide(info)
+        if decision is None:
+            self._finalize(info)
+            return
+        delay, failed = decision
+        if failed:
+            self._finalize(info, failed=True)
+            return
+        self._log.write("info", f"restarting in {delay:.1f} s")
+        with self._lock:
+            if self._stopping:
+                return
+            timer = threading.Timer(delay, self._restart)
+            timer.daemon = True
+            self._restart_timer = timer
+            timer.start()
+
+    def _decide(self, info: ExitInfo) -> tuple[float, bool] | None:
+        """None: the end. Else (delay, gave_up)."""
+        with self._lock:
+            if self._stopping or info.reason is ExitReason.STOPPED:
+                return None
+            rule = self.policy.restart
+            if rule is RestartPolicy.NEVER or (rule is RestartPolicy.ON_FAILURE
+                                               and not info.failed):
+                return None
+            now = self._clock()
+            if now - self._host_started >= self.rules.stable_after:
+                self._consecutive = 0
+            while self._restarts and now - self._restarts[0] > self.rules.window:
+                self._restarts.popleft()
+            if len(self._restarts) >= self.rules.max_restarts:
+                self._log.write("error", f"more than {self.rules.max_restarts} restarts in "
+                                         f"{self.rules.window:.0f} s: giving up")
+                return (0.0, True)
+            self._restarts.append(now)
+            self._consecutive += 1
+            return (self.rules.delay(self._consecutive), False)
+
+    def _restart(self) -> None:
+        with self._lock:
+            if self._stopping or self._final is not None:
+                return
+        old = self._host
+        if old is not None:
+            old.close()
+        try:
+            self._start_host()
+        except EstarterError as exc:
+            self._log.write("error", f"restart failed: {exc}")
+            self._on_exit(ExitInfo(None, ExitReason.CRASHED, f"restart failed: {exc}"))
+
+    def _finalize(self, info: ExitInfo, failed: bool = False) -> None:
+        with self._lock:
+            if self._final is not None:
+                return
+            self._final = {**info.to_dict(), "failed": failed,
+                           "restarts": len(self._restarts)}
+        self._flush()
+        try:
+            self.kernel.exited(self.app_id, self.run_id, self._final)
+        finally:
+            self._final_event.set()
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _api(self, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        if method == "log" and isinstance(params, dict):
+            # Served here: a log line needs no kernel round trip of its own.
+            fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._log.write(str(params.get("level", "info")), str(params.get("message", ""))
+                            [:8192])
+            fut.set_result(None)
+            return fut
+        return self.kernel.call(self.app_id, method, params)
+
+    def _flush(self) -> None:
+        lines = self._log.take()
+        if lines:
+            try:
+                self.kernel.logs(self.app_id, lines)
+            except Exception:  # the kernel being away must not take the app down
+                pass
+
+    def _flush_loop(self) -> None:
+        while not self._closed and not self._final_event.is_set():
+            self._final_event.wait(self._flush_interval)
+            self._flush()
