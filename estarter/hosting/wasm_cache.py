@@ -1,0 +1,230 @@
+"""The process's one wasmtime Engine, and a cache of compiled modules on disk.
+
+Every wasm app of a process shares one :class:`wasmtime.Engine` (compiled code is
+only valid for the engine settings it was compiled with, and an engine is costly).
+Its settings are fixed here and fingerprinted into every cache key:
+
+* epoch interruption **on**: it is how stop, ``maxRuntimeSeconds`` and the CPU
+  quota interrupt a guest (see ``wasm_host``), and it costs a load and a compare at
+  loop headers and function entries;
+* fuel **off**: measured here, fuel made a tight arithmetic loop 20-25 % slower and
+  a loop with loads, stores and calls 50 % slower, for a deterministic budget the
+  manifest has no key for. ``cpuQuota`` is enforced by epoch-based throttling instead.
+
+:class:`ModuleCache` keeps compiled modules under ``$ESTARTER_HOME/cache/wasm/``,
+keyed by sha256 of (module bytes, engine settings, wasmtime version), so the second
+launch of an app deserialises instead of compiling. Deserialising is unsafe on
+untrusted bytes (it maps machine code), so an entry carries our own header with an
+HMAC-SHA256 of its key and blob, under a secret kept in the cache folder (mode
+0600). A corrupt, truncated, renamed or foreign entry fails the check and is
+rebuilt; writes are atomic (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import importlib.metadata
+import json
+import os
+import secrets
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from ..errors import LaunchError
+
+# Settings the shared engine is built with; part of every cache key.
+ENGINE_SETTINGS: dict[str, object] = {
+    "epoch_interruption": True,
+    "consume_fuel": False,
+    "cranelift_opt_level": "speed",
+}
+
+_MAGIC = b"ESTWASM1"
+_HEADER = struct.Struct("<8s32sQ")  # magic, hmac-sha256(key + blob), blob length
+_MEMORY_ENTRIES = 64  # compiled modules kept in this process (a module is shareable)
+
+_engine: wasmtime.Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def wasmtime_version() -> str:
+    try:
+        return importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored copy
+        return "unknown"
+
+
+def engine_fingerprint() -> str:
+    """What a compiled module depends on besides its bytes."""
+    return json.dumps({"wasmtime": wasmtime_version(), **ENGINE_SETTINGS}, sort_keys=True)
+
+
+def shared_engine() -> wasmtime.Engine:
+    """The process's one engine (created on first use; thread-safe)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            config = wasmtime.Config()
+            config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
+            config.consume_fuel = bool(ENGINE_SETTINGS["consume_fuel"])
+            config.cranelift_opt_level = str(ENGINE_SETTINGS["cranelift_opt_level"])
+            _engine = wasmtime.Engine(config)
+        return _engine
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    compiled: int  # modules compiled from wasm bytes
+    disk_hits: int  # modules deserialised from a checked entry
+    memory_hits: int  # modules reused from this process
+    rebuilt: int  # entries found corrupt or foreign and replaced
+
+
+class ModuleCache:
+    """Compiled modules by content; thread-safe. Never trusts an entry it cannot verify."""
+
+    def __init__(self, root: Path, engine: wasmtime.Engine | None = None) -> None:
+        self.root = Path(root)
+        self.engine = engine or shared_engine()
+        self._fingerprint = engine_fingerprint().encode()
+        self._secret: bytes | None = None
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._compiled = self._disk_hits = self._memory_hits = self._rebuilt = 0
+
+    def statistics(self) -> CacheStatistics:
+        with self._lock:
+            return CacheStatistics(self._compiled, self._disk_hits, self._memory_hits,
+                                   self._rebuilt)
+
+    def key(self, wasm: bytes) -> str:
+        digest = hashlib.sha256(self._fingerprint)
+        digest.update(b"\0")
+        digest.update(wasm)
+        return digest.hexdigest()
+
+    def path_for(self, wasm: bytes) -> Path:
+        return self.root / f"{self.key(wasm)}.cwasm"
+
+    def load(self, wasm: bytes) -> wasmtime.Module:
+        """The compiled module for ``wasm`` bytes; raises LaunchError if they are not wasm."""
+        key = self.key(wasm)
+        with self._lock:
+            module = self._memory.get(key)
+            if module is not None:
+                self._memory.move_to_end(key)
+                self._memory_hits += 1
+                return module
+        module = self._load_entry(key)
+        if module is None:
+            module = self._compile(wasm)
+            self._store_entry(key, module)
+        with self._lock:
+            self._memory[key] = module
+            while len(self._memory) > _MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
+        return module
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _compile(self, wasm: bytes) -> wasmtime.Module:
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+            raise LaunchError(f"not a valid WebAssembly module: {first}") from None
+        with self._lock:
+            self._compiled += 1
+        return module
+
+    def _mac(self, key: str, blob: bytes) -> bytes:
+        return hmac.new(self._get_secret(), key.encode() + b"\0" + blob, "sha256").digest()
+
+    def _load_entry(self, key: str) -> wasmtime.Module | None:
+        path = self.root / f"{key}.cwasm"
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        module = None
+        if len(raw) >= _HEADER.size:
+            magic, mac, length = _HEADER.unpack_from(raw)
+            blob = raw[_HEADER.size:]
+            if (magic == _MAGIC and length == len(blob)
+                    and hmac.compare_digest(mac, self._mac(key, blob))):
+                try:
+                    module = wasmtime.Module.deserialize(self.engine, blob)
+                except wasmtime.WasmtimeError:
+                    module = None  # our own blob from an incompatible build: rebuild
+        with self._lock:
+            if module is None:
+                self._rebuilt += 1
+            else:
+                self._disk_hits += 1
+        if module is None:
+            path.unlink(missing_ok=True)
+        return module
+
+    def _store_entry(self, key: str, module: wasmtime.Module) -> None:
+        blob = bytes(module.serialize())
+        data = _HEADER.pack(_MAGIC, self._mac(key, blob), len(blob)) + blob
+        try:
+            self._ensure_root()
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".cwasm")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, self.root / f"{key}.cwasm")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError:
+            pass  # a read-only or full home only costs a compile next time
+
+    def _ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _get_secret(self) -> bytes:
+        if self._secret is not None:
+            return self._secret
+        self._ensure_root()
+        path = self.root / ".key"
+        try:
+            secret = path.read_bytes()
+        except FileNotFoundError:
+            secret = b""
+        if len(secret) != 32:
+            # Several processes may race here: link() makes the first writer win, and
+            # everyone reads back the winner. A damaged key file is replaced.
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-key-")
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.close(fd)
+                if path.exists():
+                    os.replace(tmp, path)
+                else:
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            secret = path.read_bytes()
+        self._secret = secret
+        return secret
+
+
+__all__ = [
+    "ENGINE_SETTINGS",
+    "CacheStatistics",
+    "ModuleCache",
+    "engine_fingerprint",
+    "shared_engine",
+    "wasmtime_version",
+]
