@@ -72,6 +72,11 @@ class Batch:
     items: tuple[Message, ...]
 
 
+def _bad(detail: str) -> InvalidRequest:
+    # The spec's message, with what exactly is wrong as data.
+    return InvalidRequest("Invalid Request", {"detail": detail})
+
+
 def _is_id(value: Any) -> bool:
     # bool is an int subclass but not a JSON-RPC id; fractional numbers are not ids here.
     return value is None or isinstance(value, str) or (
@@ -92,7 +97,7 @@ def parse_obj(obj: Any) -> Message | Batch:
     """Validate an already decoded JSON value."""
     if isinstance(obj, list):
         if not obj:
-            return Invalid(None, InvalidRequest("Invalid Request: empty batch"))
+            return Invalid(None, _bad("empty batch"))
         return Batch(tuple(parse_one(item) for item in obj))
     return parse_one(obj)
 
@@ -100,35 +105,35 @@ def parse_obj(obj: Any) -> Message | Batch:
 def parse_one(obj: Any) -> Message:
     """Validate one message object (not a batch: a nested array is invalid)."""
     if not isinstance(obj, dict):
-        return Invalid(None, InvalidRequest("Invalid Request: not an object"))
+        return Invalid(None, _bad("not an object"))
     has_id = "id" in obj
     msg_id = obj.get("id")
     safe_id = msg_id if _is_id(msg_id) else None
     if obj.get("jsonrpc") != "2.0":
-        return Invalid(safe_id, InvalidRequest('Invalid Request: jsonrpc must be "2.0"'),
+        return Invalid(safe_id, _bad('jsonrpc must be "2.0"'),
                        reply="method" in obj or not (_RESPONSE_KEYS & obj.keys()))
     if "method" not in obj and _RESPONSE_KEYS & obj.keys():
         return _parse_response(obj, safe_id)
     method = obj.get("method")
     if not isinstance(method, str):
-        return Invalid(safe_id, InvalidRequest("Invalid Request: method must be a string"))
+        return Invalid(safe_id, _bad("method must be a string"))
     params = obj.get("params")
     if "params" in obj and not isinstance(params, dict | list):
-        return Invalid(safe_id, InvalidRequest("Invalid Request: params must be object or array"))
+        return Invalid(safe_id, _bad("params must be object or array"))
     if not has_id:
         return Notification(method, params)
     if msg_id is None or not _is_id(msg_id):
         # A null id is allowed by the spec but only meant for errors; the invalid
         # ones cannot be echoed back, so both are refused.
-        return Invalid(None, InvalidRequest("Invalid Request: id must be a string or integer"))
+        return Invalid(None, _bad("id must be a string or integer"))
     return Request(msg_id, method, params)
 
 
 def _parse_response(obj: dict[str, Any], safe_id: Id) -> Message:
     if "id" not in obj or not _is_id(obj["id"]):
-        return Invalid(None, InvalidRequest("Invalid response: bad id"), reply=False)
+        return Invalid(None, _bad("response: bad id"), reply=False)
     if ("result" in obj) == ("error" in obj):
-        return Invalid(safe_id, InvalidRequest("Invalid response: result xor error"), reply=False)
+        return Invalid(safe_id, _bad("response: result xor error"), reply=False)
     if "result" in obj:
         return Response(safe_id, obj["result"])
     error = obj["error"]
@@ -138,7 +143,7 @@ def _parse_response(obj: dict[str, Any], safe_id: Id) -> Message:
         or isinstance(error.get("code"), bool)
         or not isinstance(error.get("message"), str)
     ):
-        return Invalid(safe_id, InvalidRequest("Invalid response: bad error object"), reply=False)
+        return Invalid(safe_id, _bad("response: bad error object"), reply=False)
     return ErrorResponse(safe_id, error)
 
 
