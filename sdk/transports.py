@@ -1,0 +1,229 @@
+"""Ways for an app to reach the kernel: its own stdin/stdout (hosted) or a Unix socket.
+
+A transport moves whole JSON-RPC messages: ``send(obj)`` (thread-safe),
+``recv() -> obj | None`` (blocking; None once the channel is closed) and
+``close()`` (idempotent). Both use the Content-Length framing of ``sdk._wire``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from typing import Any, Protocol
+
+from sdk._wire import FrameDecoder, encode_frame
+from sdk.errors import ApiError, ConnectionClosedError
+
+_CHUNK = 64 * 1024
+
+
+class Transport(Protocol):
+    def send(self, obj: Any) -> None: ...
+
+    def recv(self) -> Any | None: ...
+
+    def close(self) -> None: ...
+
+
+class _FramedTransport:
+    """Framing over two raw byte callables, shared by both transports."""
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder()
+        self._inbox: list[bytes] = []  # decoded bodies not yet returned
+        self._early: list[Any] = []  # messages that arrived before the handshake ended
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    def _read(self) -> bytes:
+        raise NotImplementedError
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def send(self, obj: Any) -> None:
+        """Write one message. Raises ``ConnectionClosedError`` if the channel is gone."""
+        frame = encode_frame(obj)
+        with self._write_lock:
+            if self._closed:
+                raise ConnectionClosedError("transport is closed")
+            try:
+                self._write(frame)
+            except OSError as exc:
+                raise ConnectionClosedError(f"cannot write to the kernel: {exc}") from exc
+
+    def recv(self) -> Any | None:
+        """Block for the next message; None at end of stream or after ``close``.
+
+        One reader at a time (the client's reader thread).
+
+        Bad framing or JSON from the kernel also ends the stream: there is no way
+        to find the next frame boundary after it.
+        """
+        if self._early:
+            return self._early.pop(0)
+        return self._recv_decoded()
+
+    def _recv_decoded(self) -> Any | None:
+        while not self._inbox:
+            if self._closed:
+                return None
+            try:
+                data = self._read()
+            except OSError:
+                return None
+            if not data:
+                return None
+            try:
+                self._inbox.extend(self._decoder.feed(data))
+            except ValueError as exc:
+                print(f"estarter sdk: bad frame from the kernel: {exc}", file=sys.stderr)
+                return None
+        body = self._inbox.pop(0)
+        try:
+            return json.loads(body)
+        except ValueError:
+            # An unparsable message is dropped; a JSON-RPC peer answers it
+            # with -32700, but the kernel never sends one, so report it only.
+            print("estarter sdk: kernel sent a body that is not JSON", file=sys.stderr)
+            return {}
+
+
+class StdioTransport(_FramedTransport):
+    """Hosted mode: the protocol runs over the process's original stdin and stdout.
+
+    With ``protect=True`` (the default) it takes the real fds 0 and 1 for itself:
+    fd 1 and ``sys.stdout`` then go to stderr and fd 0 and ``sys.stdin`` read
+    /dev/null, so a stray ``print()``, C-level write or ``input()`` cannot corrupt
+    the channel. Output still buffered in ``sys.stdout`` goes to stderr too.
+    Connect early: bytes already written to fd 1 before are beyond help.
+    """
+
+    def __init__(self, protect: bool = True) -> None:
+        super().__init__()
+        if protect:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            self._in = os.dup(0)
+            self._out = os.dup(1)
+            os.dup2(2, 1)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            # The old objects keep working (their fds now lead elsewhere), but
+            # sharing stderr's object keeps prints and errors in order.
+            sys.stdout = sys.stderr
+            sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as sys.stdin
+        else:
+            self._in = os.dup(0)
+            self._out = os.dup(1)
+        os.set_inheritable(self._in, False)
+        os.set_inheritable(self._out, False)
+
+    def _read(self) -> bytes:
+        return os.read(self._in, _CHUNK)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._out, view) :]
+
+    def close(self) -> None:
+        """Close the protocol's output (the host sees end of stream). Idempotent.
+
+        The input fd stays open: a reader blocked on it would otherwise read
+        whatever fd reuses the number. It ends with the process or the host.
+        """
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._out)
+
+
+def default_socket_path() -> str:
+    """``$ESTARTER_HOME/run/kernel.sock``; without ESTARTER_HOME, the platform's
+    user data folder as the runtime uses it (XDG on Linux)."""
+    home = os.environ.get("ESTARTER_HOME")
+    if not home:
+        if sys.platform == "darwin":
+            home = os.path.expanduser("~/Library/Application Support/estarter")
+        elif os.name == "nt":
+            home = os.path.join(os.environ.get("LOCALAPPDATA", "~"), "estarter")
+        else:
+            base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+            home = os.path.join(base, "estarter")
+    return os.path.join(home, "run", "kernel.sock")
+
+
+class SocketTransport(_FramedTransport):
+    """Not hosted: the kernel's Unix socket, authenticated by the app's token.
+
+    The first message is the request ``auth.hello`` {token}; the constructor waits
+    for its answer and raises the kernel's ``ApiError`` (or
+    ``ConnectionClosedError``) if it is refused. The token comes from the
+    argument or ``ESTARTER_TOKEN``; an app never claims its own id.
+    """
+
+    HELLO_ID = "auth.hello"
+
+    def __init__(
+        self, path: str | None = None, token: str | None = None, timeout: float = 10.0
+    ) -> None:
+        import socket  # only apps outside the host pay for this import
+
+        super().__init__()
+        token = token if token is not None else os.environ.get("ESTARTER_TOKEN")
+        if not token:
+            raise ValueError("no token for the kernel socket: pass token= or set ESTARTER_TOKEN")
+        self.path = path or default_socket_path()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(self.path)
+            self.send({"jsonrpc": "2.0", "id": self.HELLO_ID, "method": "auth.hello",
+                       "params": {"token": token}})
+            self._await_hello()
+            self._sock.settimeout(None)
+        except OSError as exc:
+            self._sock.close()
+            raise ConnectionClosedError(f"cannot reach the kernel at {self.path}: {exc}") from exc
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _await_hello(self) -> None:
+        while True:
+            msg = self._recv_decoded()
+            if msg is None:
+                raise ConnectionClosedError("the kernel closed the socket during auth.hello")
+            if isinstance(msg, dict) and msg.get("id") == self.HELLO_ID and "method" not in msg:
+                break
+            self._early.append(msg)  # kept for the client, in order
+        if "error" in msg:
+            raise ApiError.from_dict(msg["error"])
+
+    def _read(self) -> bytes:
+        return self._sock.recv(_CHUNK)
+
+    def _write(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close(self) -> None:
+        """Shut the socket down (this also wakes a blocked ``recv``). Idempotent."""
+        import socket
+
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+__all__ = ["SocketTransport", "StdioTransport", "Transport", "default_socket_path"]
