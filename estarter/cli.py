@@ -1,0 +1,161 @@
+"""The ``estarter`` command. Parses, calls Runtime or the store, prints.
+
+Bad input (a broken manifest, a hostile package, an unknown app) exits 2 with one
+clear line on stderr; an app's own exit code is passed through by ``run``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .errors import EstarterError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Run sandboxed apps on Ray (or locally).",
+                  pretty_exceptions_enable=False)
+manifest_app = typer.Typer(no_args_is_help=True, help="Manifest tools.")
+app.add_typer(manifest_app, name="manifest")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear line to stderr; the caller raises the returned Exit."""
+    err.print(f"estarter: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def exit_status(code: int | None) -> int:
+    """An app's exit as a shell status: signals as 128+n, unknown as 1."""
+    if code is None:
+        return 1
+    if code < 0:
+        return 128 - code
+    return min(code, 255)
+
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="ESTARTER_HOME",
+                                              help="State folder (default: user data)")]
+
+
+@app.command()
+def run(
+    path: Annotated[str, typer.Argument(help="App folder, .app.zip/.eapp, or installed id")],
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line")] = False,
+    local: Annotated[bool, typer.Option("--local", help="No Ray: run in this process")] = False,
+    address: Annotated[str | None, typer.Option(envvar="ESTARTER_RAY_ADDRESS",
+                                                help="Ray cluster to join")] = None,
+    grant: Annotated[list[str] | None, typer.Option("--grant", help="Grant a permission")
+                     ] = None,
+    grant_all: Annotated[bool, typer.Option("--grant-all",
+                                            help="Grant every requested permission")] = False,
+    strict: Annotated[bool, typer.Option("--strict",
+                                         help="Refuse to run if a limit cannot be applied")
+                      ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Run an app in the foreground and exit with its exit code."""
+    from .runtime import Runtime
+
+    try:
+        rt = Runtime.start(local=local, address=address, home=home, strict=strict)
+    except EstarterError as exc:
+        raise fail(str(exc), 1) from None
+    try:
+        raise typer.Exit(_run_foreground(rt, path, json_out, grant or [], grant_all))
+    finally:
+        rt.shutdown()
+
+
+def _run_foreground(rt: Any, path: str, json_out: bool, grants: list[str],
+                    grant_all: bool) -> int:
+    cursor = rt.event_cursor()
+    try:
+        handle = rt.launch(path, grants=grants, grant_all=grant_all)
+    except EstarterError as exc:
+        raise fail(str(exc)) from None
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        while True:
+            if interrupted.is_set():
+                handle.stop(grace=3.0)
+                interrupted.clear()
+            batch = rt.events(cursor, 0.5, handle.app_id)
+            cursor = batch["next"]
+            for event in batch["events"]:
+                _print_event(event, json_out)
+                if event["event"] == "exit":
+                    return exit_status(event.get("code"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_event(event: dict[str, Any], json_out: bool) -> None:
+    kind = event["event"]
+    if json_out:
+        shown = {k: v for k, v in event.items() if k not in ("seq",)}
+        if kind in ("log", "notification", "exit"):
+            out.print(json.dumps(shown), markup=False)
+        return
+    app_id = event.get("appId")
+    if kind == "log":
+        err.print(f"[{app_id}] {event['message']}", markup=False)
+    elif kind == "notification":
+        out.print(f"[bold]🔔 {event['title']}[/bold]: {event['message']}")
+    elif kind == "exit":
+        detail = f" ({event['detail']})" if event.get("detail") else ""
+        err.print(f"[{app_id}] exited: {event['reason']}, code {event['code']}{detail}",
+                  markup=False)
+
+
+@app.command()
+def pack(
+    folder: Annotated[Path, typer.Argument(help="App folder with a manifest.json")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Zip path")] = None,
+) -> None:
+    """Write ID.app.zip for an app folder."""
+    from .packaging import pack as do_pack
+
+    try:
+        written = do_pack(folder, output)
+    except EstarterError as exc:
+        raise fail(str(exc)) from None
+    out.print(str(written), markup=False)
+
+
+@manifest_app.command("schema")
+def manifest_schema() -> None:
+    """Print the JSON Schema of manifest.json."""
+    from .manifest import manifest_schema as schema
+
+    out.print(json.dumps(schema(), indent=2), markup=False)
+
+
+@manifest_app.command("check")
+def manifest_check(folder: Annotated[Path, typer.Argument(help="App folder")]) -> None:
+    """Validate an app folder's manifest.json."""
+    from .manifest import load_manifest
+
+    try:
+        manifest = load_manifest(folder)
+    except EstarterError as exc:
+        raise fail(str(exc)) from None
+    out.print(json.dumps(manifest.to_json(), indent=2), markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except EstarterError as exc:  # anything a command did not turn into a clear line
+        err.print(f"estarter: error: {exc}", markup=False)
+        sys.exit(2)
