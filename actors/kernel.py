@@ -102,10 +102,11 @@ class KernelShell(Kernel):
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
 
 
-def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = False) -> Any:
-    """The named kernel actor, created on first use."""
+def get_or_create_kernel(home: Path, strict: bool = False,
+                         detached: bool = False) -> tuple[Any, bool]:
+    """The named kernel actor and whether this call created it."""
     try:
-        return ray_api.get_actor(KERNEL_OPTIONS["name"])
+        return ray_api.get_actor(KERNEL_OPTIONS["name"]), False
     except EstarterError:
         pass
     opts: dict[str, Any] = {"get_if_exists": True}
@@ -113,4 +114,4 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
         opts["lifetime"] = "detached"
     handle = KernelActor.options(**opts).remote(str(home), strict)
     ray_api.get(handle.ping.remote(), timeout=120)
-    return handle
+    return handle, True

@@ -73,9 +73,9 @@ class Runtime:
 
         started_ray = not ray_api.is_initialized()
         ray_api.init(address or os.environ.get("ESTARTER_RAY_ADDRESS"))
-        handle = get_or_create_kernel(root, strict=strict)
+        handle, created = get_or_create_kernel(root, strict=strict)
         return cls(ray_api.SyncProxy(handle), root, False,
-                   owned=("ray", handle, started_ray))
+                   owned=(handle, created, started_ray))
 
     # -- apps ------------------------------------------------------------------
 
@@ -134,9 +134,10 @@ class Runtime:
             return
         from actors import ray_api
 
-        _, handle, started_ray = owned
-        if started_ray:
+        handle, created, started_ray = owned
+        if created:
             ray_api.kill(handle)
+        if started_ray:
             ray_api.shutdown()
 
     def __enter__(self) -> Runtime:

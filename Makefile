@@ -1,0 +1,50 @@
+# make setup: .venv with estarter and its test tools (quick when nothing changed)
+# make demo:  setup, then run the hello-native sample on an embedded local Ray
+# make test:  setup, then lint, type check and the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+SYSTEM_PACKAGES := bubblewrap clang lld wasi-libc libclang-rt-dev-wasm32
+
+.PHONY: setup system-packages demo test lint typecheck pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-packages
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Debian packages the sandbox and the wasm samples need; installed only when missing.
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: missing system packages:$$missing (install them as root)"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/estarter run samples/hello-native
+
+lint: setup
+	$(BIN)/ruff check estarter actors sdk tests benchmarks samples
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
