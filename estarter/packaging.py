@@ -278,7 +278,7 @@ def safe_extract(zip_path: Path, staging_dir: Path, limits: PackageLimits = DEFA
         try:
             zf = stack.enter_context(zipfile.ZipFile(fh))
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise PackageError(f"{where}: corrupt zip archive: {exc}") from None
+            raise PackageError(f"{where}: corrupt or truncated zip archive: {exc}") from None
         entries = _check_entries(zf, where, limits)
         _check_layout(fh, entries, cd_start, where)
         manifest = _read_manifest(zf, entries, where)
@@ -412,6 +412,7 @@ def _check_layout(fh: BinaryIO, entries: list[_Entry], cd_start: int, where: str
     how the "better zip bomb" multiplies its output past any per-entry ratio.
     """
     spans: list[tuple[int, int, str]] = []
+    names: list[tuple[zipfile.ZipInfo, bytes]] = []
     for entry in entries:
         info = entry.info
         start = info.header_offset
@@ -419,24 +420,27 @@ def _check_layout(fh: BinaryIO, entries: list[_Entry], cd_start: int, where: str
         if start < 0 or start + _LOCAL_HEADER.size > cd_start:
             raise PackageError(f"{label}: local header outside the archive (truncated?)")
         fh.seek(start)
-        header = fh.read(_LOCAL_HEADER.size)
-        fields = _LOCAL_HEADER.unpack(header)
+        fields = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
         if fields[0] != b"PK\x03\x04":
             raise PackageError(f"{label}: bad local header (corrupt or overlapping entry)")
         name_len, extra_len = fields[-2], fields[-1]
-        name = fh.read(name_len)
-        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-        if name.decode(encoding, "replace") != info.orig_filename:
-            raise PackageError(f"{label}: local header names a different file")
+        names.append((info, fh.read(name_len)))
         end = start + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
         if end > cd_start:
             raise PackageError(f"{label}: data runs past the end of the archive (truncated?)")
         spans.append((start, end, info.orig_filename))
     spans.sort()
+    # Overlap first: entries sharing a header also disagree on names, and the
+    # overlap is the more telling message.
     for (_, prev_end, prev), (start, _, other) in itertools.pairwise(spans):
         if start < prev_end:
             raise PackageError(f"{where}: entries {prev!r} and {other!r} overlap in the archive "
                                "(zip bomb?)")
+    for info, raw_name in names:
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if raw_name.decode(encoding, "replace") != info.orig_filename:
+            raise PackageError(f"{where}: entry {info.orig_filename!r}: local header names a "
+                               "different file")
 
 
 def _read_manifest(zf: zipfile.ZipFile, entries: list[_Entry], where: str) -> AppManifest:
