@@ -143,7 +143,9 @@ class AppStore:
 
     def uninstall(self, app_id: str, keep_data: bool = False) -> None:
         """Remove an installed app and, unless ``keep_data``, its per-app VFS data."""
-        self.get(app_id)  # NotFound for unknown or invalid ids
+        # Only the id is checked: a damaged app (bad manifest) must still be removable.
+        if not _APP_ID.match(app_id):
+            raise NotFound(f"{app_id!r} is not a valid app id", {"appId": app_id})
         with self._locked():
             folder = self.apps_dir / app_id
             if not folder.is_dir():

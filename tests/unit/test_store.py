@@ -131,6 +131,15 @@ def test_uninstall_removes_app_and_data(home: Path, v1: Path) -> None:
         store.uninstall("demo")
 
 
+def test_damaged_app_is_listed_as_skipped_and_can_be_uninstalled(home: Path, v1: Path) -> None:
+    store = AppStore(home)
+    store.install(v1)
+    (home / "apps" / "demo" / "manifest.json").write_text("{broken")
+    assert store.list() == []
+    store.uninstall("demo")
+    assert not (home / "apps" / "demo").exists()
+
+
 def test_uninstall_keep_data(home: Path, v1: Path) -> None:
     store = AppStore(home)
     store.install(v1)
