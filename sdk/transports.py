@@ -105,11 +105,13 @@ class StdioTransport(_FramedTransport):
     def __init__(self, protect: bool = True) -> None:
         super().__init__()
         if protect:
-            if sys.stdout is not None:
-                sys.stdout.flush()
             self._in = os.dup(0)
             self._out = os.dup(1)
             os.dup2(2, 1)
+            # Flushed only now, so what the app printed before connecting goes to
+            # stderr too rather than ahead of the first frame.
+            if sys.stdout is not None:
+                sys.stdout.flush()
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
