@@ -106,8 +106,8 @@ class Endpoint:
     def close(self, error: EstarterError | None = None) -> None:
         """Fail every pending request with ``error`` (``RuntimeClosed`` by default).
 
-        Idempotent; later ``request``/``notify``/``receive`` raise ``RuntimeClosed``,
-        and answers to calls still running are dropped.
+        Idempotent; later ``request``/``notify`` raise ``RuntimeClosed``; later
+        incoming bodies and answers to calls still running are dropped.
         """
         err = error if error is not None else RuntimeClosed("connection closed")
         with self._lock:
@@ -131,9 +131,14 @@ class Endpoint:
     # --- incoming -------------------------------------------------------------
 
     def receive(self, body: bytes | str) -> None:
-        """Handle one incoming frame body. Never blocks on a dispatched call."""
+        """Handle one incoming frame body. Never blocks on a dispatched call.
+
+        After ``close`` the body is dropped: a reader may still drain what the
+        peer wrote before it went away, and that is not an error.
+        """
         with self._lock:
-            self._check_open()
+            if self._closed is not None:
+                return
             self._received += 1
         parsed = m.parse_body(body)
         if isinstance(parsed, m.Batch):

@@ -402,8 +402,9 @@ def test_close_fails_pending_requests_and_later_use() -> None:
         ep.request("z")
     with pytest.raises(RuntimeClosed):
         ep.notify("z")
-    with pytest.raises(RuntimeClosed):
-        ep.receive(b"{}")
+    ep.receive(b'{"jsonrpc":"2.0","method":"sum","params":[1],"id":1}')  # drained, dropped
+    assert wire.sent == [{"jsonrpc": "2.0", "id": "a", "method": "x"},
+                         {"jsonrpc": "2.0", "id": "b", "method": "y"}]
 
 
 def test_close_default_error_and_late_answers_dropped() -> None:
