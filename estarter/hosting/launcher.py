@@ -9,25 +9,39 @@ which is unsafe in threaded parents such as Ray workers.
 
 Spec keys (all optional):
   pdeathsig: int          signal sent to us when the spawning thread dies
+  parent_pid: int         the supervisor; if it is already gone we do not start
   setsid: bool            new session and process group
+  guard: {"procs": [path], "token": str}
+                          fork a detached watchdog *before* joining the cgroups: when
+                          the supervisor dies first, it kills every process listed in
+                          those cgroup.procs files (or, without cgroups, every process
+                          whose environment carries ESTARTER_LIMITS_TOKEN=token) and
+                          removes the cgroups. PDEATHSIG reaches only our own process;
+                          a double-forked daemon needs this.
   cgroup_procs: [path]    files to write our pid into (cgroup.procs), in order
   rlimits: {name: [soft, hard]}   e.g. {"RLIMIT_AS": [n, n]}
   unshare_net: bool       new network namespace (loopback down, no route out)
   no_new_privs: bool
+  user: [uid, gid]        drop to this user (no supplementary groups) last
 Exit codes: 121 spec error, 122 set-up failed, 127 exec failed (message on stderr).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import resource
+import select
+import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNET = 0x40000000
+GUARD_KILL_SECONDS = 5.0
 
 
 def _fail(code: int, message: str) -> None:
@@ -35,7 +49,92 @@ def _fail(code: int, message: str) -> None:
     os._exit(code)
 
 
-def apply(spec: dict) -> None:  # type: ignore[type-arg]
+def _token_pids(token: str) -> list[int]:
+    needle = f"ESTARTER_LIMITS_TOKEN={token}\0".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _cgroup_pids(procs: list[str]) -> list[int]:
+    pids: set[int] = set()
+    for path in procs:
+        try:
+            with open(path) as fh:
+                pids.update(int(x) for x in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return sorted(pids)
+
+
+def _sweep(procs: list[str], token: str) -> None:
+    """SIGKILL the app's processes until none is left (bounded), then drop the cgroups."""
+    deadline = time.monotonic() + GUARD_KILL_SECONDS
+    while time.monotonic() < deadline:
+        pids = _cgroup_pids(procs) if procs else _token_pids(token)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    for path in procs:
+        for _ in range(50):
+            try:
+                os.rmdir(os.path.dirname(path))
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def _guard(spec: dict, supervisor: int) -> None:
+    """Fork a detached watchdog of (supervisor, this process). Returns in the launcher."""
+    try:
+        app_fd = os.pidfd_open(os.getpid())
+        sup_fd = os.pidfd_open(supervisor)
+    except OSError:
+        return  # supervisor already gone (PDEATHSIG/parent check ends us) or no pidfd
+    pid = os.fork()
+    if pid:
+        os.close(app_fd)
+        os.close(sup_fd)
+        os.waitpid(pid, 0)  # the intermediate exits at once: no zombie under the app
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        # Never hold the app's stdio pipes open: the host reads them until EOF.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = {0, 1, 2, app_fd, sup_fd}
+        for fd in range(3, 1024):
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        ready, _, _ = select.select([app_fd, sup_fd], [], [])
+        if sup_fd not in ready:
+            # The app ended first. If that was the supervisor's PDEATHSIG, the
+            # supervisor's own exit follows within moments: give it that long.
+            ready, _, _ = select.select([sup_fd], [], [], 1.0)
+        if sup_fd in ready:
+            _sweep(list(spec.get("procs", [])), str(spec.get("token", "")))
+    finally:
+        os._exit(0)
+
+
+def apply(spec: dict) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if spec.get("setsid", True):
         os.setsid()
@@ -43,8 +142,11 @@ def apply(spec: dict) -> None:  # type: ignore[type-arg]
     if sig and libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         _fail(122, f"prctl(PDEATHSIG): {os.strerror(ctypes.get_errno())}")
     # The parent may have died between fork and prctl: then nobody would kill us.
-    if sig and os.getppid() != int(spec.get("parent_pid", os.getppid())):
+    supervisor = int(spec.get("parent_pid", os.getppid()))
+    if sig and os.getppid() != supervisor:
         os._exit(122)
+    if spec.get("guard"):
+        _guard(spec["guard"], supervisor)
     for path in spec.get("cgroup_procs", []):
         try:
             with open(path, "w") as fh:
@@ -56,10 +158,21 @@ def apply(spec: dict) -> None:  # type: ignore[type-arg]
             resource.setrlimit(getattr(resource, name), (soft, hard))
         except (OSError, ValueError, AttributeError) as exc:
             _fail(122, f"setrlimit {name}: {exc}")
+    if "RLIMIT_FSIZE" in spec.get("rlimits", {}):
+        # A write past the limit then fails with EFBIG instead of killing the app.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if spec.get("unshare_net") and libc.unshare(CLONE_NEWNET) != 0:
         _fail(122, f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
     if spec.get("no_new_privs") and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _fail(122, f"prctl(NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
+    if spec.get("user"):
+        uid, gid = (int(x) for x in spec["user"])
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError as exc:
+            _fail(122, f"cannot become uid {uid}: {exc.strerror}")
 
 
 def main(argv: list[str]) -> None:

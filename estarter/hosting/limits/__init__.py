@@ -2,80 +2,66 @@
 
 The process host asks :func:`prepare` for an :class:`AppLimits` per launch. It turns
 the policy into a launcher spec (cgroups to join, rlimits, namespaces) plus an argv
-wrapper (the sandbox), and afterwards reads the kernel's counters to explain an exit,
-kills every process of the app and removes what it created.
+wrapper (the bwrap sandbox), and afterwards reads the kernel's counters to explain
+an exit, kills every process of the app and removes what it created.
+
+Backends, by detection: cgroup v2 (unified hierarchy with controllers), cgroup v1
+(memory/pids/cpu/cpuacct hierarchies), else rlimits only. ``host_capabilities()``
+says which one this host gets and why.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-from dataclasses import dataclass, field
+import secrets
 from pathlib import Path
-from typing import Any
 
 from ...policy import SandboxPolicy
-from ..base import ExitReason, HostContext
+from ..base import HostContext
+from .app import AppLimits
+from .cgroup_v1 import CgroupsV1
+from .cgroup_v2 import CgroupsV2
+from .cgroupfs import Cgroups, sweep_stale
+from .detect import CGROUP_ROOT, HostFacts, detect, host_capabilities
+from .plan import LaunchPlan
+
+BACKENDS = ("cgroup-v2", "cgroup-v1", "rlimit")
 
 
-@dataclass
-class LaunchPlan:
-    """How to start the child: ``launcher spec`` + ``wrapper`` + app argv."""
+def prepare(
+    policy: SandboxPolicy,
+    ctx: HostContext,
+    *,
+    cgroup_root: Path | None = None,
+    backend: str | None = None,
+    run_as: tuple[int, int] | None = None,
+    facts: HostFacts | None = None,
+) -> AppLimits:
+    """The limits this host can apply for ``policy``. Creates nothing yet (``plan`` does).
 
-    spec: dict[str, Any]
-    wrapper: list[str]
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    applied: list[str] = field(default_factory=list)
-    not_applied: list[str] = field(default_factory=list)
-
-
-class AppLimits:
-    """Limits of one launch. The base class applies only what needs no privilege:
-    a new session, death with the parent, and kill by process group.
+    ``backend`` forces one of BACKENDS (tests; an operator setting); ``run_as`` runs
+    the app as that (uid, gid) (the launcher drops to it last, before exec).
     """
-
-    def __init__(self, policy: SandboxPolicy, ctx: HostContext) -> None:
-        self.policy = policy
-        self.ctx = ctx
-        self.pid: int | None = None
-
-    def plan(self, argv: list[str], env: dict[str, str], cwd: Path) -> LaunchPlan:
-        spec = {"setsid": True, "pdeathsig": int(signal.SIGKILL), "parent_pid": os.getpid()}
-        return LaunchPlan(spec, [], argv, env, cwd, applied=["session", "pdeathsig"])
-
-    def started(self, pid: int) -> None:
-        """Called with the child's pid right after spawn."""
-        self.pid = pid
-
-    def exit_reason(self, code: int | None) -> ExitReason | None:
-        """A limit that explains this exit (from the kernel's counters), or None."""
-        return None
-
-    def kill(self) -> None:
-        """SIGKILL every process of the app. Idempotent, never raises."""
-        if self.pid is None:
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def alive_pids(self) -> list[int]:
-        """Processes of the app still present (for tests and ``inspect``)."""
-        return []
-
-    def report(self) -> dict[str, Any]:
-        return {"backend": "session"}
-
-    def cleanup(self) -> None:
-        """Remove what was created for this launch. Idempotent."""
+    facts = facts or detect(cgroup_root or CGROUP_ROOT)
+    chosen = backend or facts.backend
+    if chosen not in BACKENDS:
+        raise ValueError(f"unknown limits backend {chosen!r}")
+    leaf = f"{policy.app_id}-{os.getpid()}-{secrets.token_hex(4)}"
+    cgroups: Cgroups | None = None
+    if chosen == "cgroup-v2" and facts.v2_root is not None:
+        cgroups = CgroupsV2(facts.v2_root, leaf)
+    elif chosen == "cgroup-v1" and facts.v1_mounts:
+        cgroups = CgroupsV1(facts.v1_mounts, leaf)
+    if cgroups is not None:
+        sweep_stale(cgroups.parents())
+    return AppLimits(policy, ctx, facts, cgroups, run_as=run_as)
 
 
-def prepare(policy: SandboxPolicy, ctx: HostContext) -> AppLimits:
-    """The limits backend this host can apply for ``policy``."""
-    return AppLimits(policy, ctx)
-
-
-__all__ = ["AppLimits", "LaunchPlan", "prepare"]
+__all__ = [
+    "AppLimits",
+    "HostFacts",
+    "LaunchPlan",
+    "detect",
+    "host_capabilities",
+    "prepare",
+]

@@ -1,0 +1,198 @@
+"""AppLimits: the limits of one launch, composed from a cgroup backend (or none),
+rlimits, the bwrap sandbox and the orphan guard. ProcessHost drives it:
+``plan`` -> spawn -> ``started`` -> ... -> ``kill`` -> ``exit_reason`` -> ``cleanup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ...errors import SandboxUnavailable
+from ...policy import SandboxPolicy
+from .. import launcher
+from ..base import ExitReason, HostContext
+from .cgroupfs import Cgroups
+from .detect import HostFacts
+from .plan import LaunchPlan, Outcome
+from .rlimits import (
+    CPU_FRACTION,
+    CPU_SIGNALS,
+    MEMORY_PEAK_FRACTION,
+    TreeSampler,
+    killed_by,
+    plan_rlimits,
+    tree,
+)
+from .sandbox import bwrap_argv
+
+TOKEN_ENV = "ESTARTER_LIMITS_TOKEN"
+
+
+class AppLimits:
+    """Limits of one launch. Every method but ``plan`` is idempotent and never raises."""
+
+    def __init__(self, policy: SandboxPolicy, ctx: HostContext, facts: HostFacts,
+                 cgroups: Cgroups | None, *, run_as: tuple[int, int] | None = None) -> None:
+        self.policy = policy
+        self.ctx = ctx
+        self.facts = facts
+        self.cgroups = cgroups
+        self.run_as = run_as
+        self.pid: int | None = None
+        # Marks every process of this launch in its environment: the kill sweep of
+        # the rlimit fallback finds a double-forked daemon by it.
+        self.token = secrets.token_hex(8)
+        self.rlimits: dict[str, list[int]] = {}
+        self.sandboxed = False
+        self.network = "host"
+        self.sampler: TreeSampler | None = None
+        self._lock = threading.Lock()
+        self._cleaned = False
+
+    @property
+    def backend(self) -> str:
+        return self.cgroups.name if self.cgroups is not None else "rlimit"
+
+    def plan(self, argv: list[str], env: dict[str, str], cwd: Path) -> LaunchPlan:
+        """The launch; raises SandboxUnavailable (strict) naming what cannot be applied."""
+        try:
+            return self._plan(argv, env, cwd)
+        except SandboxUnavailable:
+            self.cleanup()
+            raise
+
+    def _plan(self, argv: list[str], env: dict[str, str], cwd: Path) -> LaunchPlan:
+        policy, facts = self.policy, self.facts
+        out = Outcome(policy.app_id, policy.strict)
+        spec: dict[str, Any] = {"setsid": True, "pdeathsig": int(signal.SIGKILL),
+                                "parent_pid": os.getpid(), "no_new_privs": True}
+        out.ok("session: setsid, PDEATHSIG=SIGKILL, no_new_privs")
+        handled: set[str] = set()
+        if self.cgroups is not None:
+            try:
+                self.cgroups.create()
+            except OSError as exc:
+                self.cgroups.remove()
+                self.cgroups = None
+                out.missing(f"cgroups ({exc})")
+        if self.cgroups is not None:
+            handled = self.cgroups.apply(policy, out)
+            spec["cgroup_procs"] = self.cgroups.join_files()
+        app_is_root = (self.run_as[0] if self.run_as else os.geteuid()) == 0
+        self.rlimits = plan_rlimits(policy, handled, app_is_root, out)
+        if self.rlimits:
+            spec["rlimits"] = self.rlimits
+        wrapper: list[str] = []
+        if policy.sandboxed:
+            if facts.bwrap is not None:
+                wrapper = bwrap_argv(facts.bwrap, policy, self.ctx)
+                self.sandboxed = True
+                out.ok("sandboxed: bwrap (user/pid/mount/ipc/uts/cgroup namespaces, uid 65534, "
+                       "no capabilities, zones by permission)")
+            else:
+                out.missing(f"sandboxed ({facts.bwrap_error})")
+        if not policy.network_allowed:
+            if self.sandboxed:
+                self.network = "none (bwrap --unshare-net)"
+            elif facts.cap_sys_admin:
+                spec["unshare_net"] = True
+                self.network = "none (unshare CLONE_NEWNET)"
+            else:
+                out.missing("networkAllowed=false (no CAP_SYS_ADMIN and no sandbox)")
+            if self.network != "host":
+                out.ok(f"networkAllowed=false: {self.network}")
+        if not self.sandboxed:
+            # Without bwrap's PID namespace a daemon escapes PDEATHSIG: the guard
+            # kills the cgroup (or the token's processes) if the supervisor dies.
+            spec["guard"] = {"procs": spec.get("cgroup_procs", []), "token": self.token}
+            out.ok("orphan guard: watchdog of the supervisor")
+        if self.run_as is not None:
+            spec["user"] = list(self.run_as)
+        env = {**env, TOKEN_ENV: self.token}
+        return LaunchPlan(spec, wrapper, list(argv), env, cwd, out.applied, out.not_applied)
+
+    def started(self, pid: int) -> None:
+        """Called with the child's pid right after spawn."""
+        self.pid = pid
+        if self.cgroups is None and ({"RLIMIT_AS", "RLIMIT_CPU"} & self.rlimits.keys()):
+            self.sampler = TreeSampler(pid)
+
+    def exit_reason(self, code: int | None) -> ExitReason | None:
+        """A limit that explains this exit, read from the kernel's counters, or None."""
+        if self.cgroups is not None and self.cgroups.oom_kills() > 0:
+            return ExitReason.MEMORY_LIMIT
+        s = self.sampler
+        if s is None:
+            return None
+        s.stop()
+        cpu = self.rlimits.get("RLIMIT_CPU")
+        if cpu and killed_by(code, *CPU_SIGNALS) and s.max_cpu >= CPU_FRACTION * cpu[0]:
+            return ExitReason.CPU_LIMIT
+        mem = self.rlimits.get("RLIMIT_AS")
+        if mem and code not in (0, None) and s.peak_vm >= MEMORY_PEAK_FRACTION * mem[0]:
+            return ExitReason.MEMORY_LIMIT
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL every process of the app: cgroup, session, descendants, token."""
+        if self.cgroups is not None:
+            self.cgroups.kill()
+        if self.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self.cgroups is None:
+            for p in tree(self.pid)[1:]:
+                with contextlib.suppress(psutil.Error):  # gone already: nothing to kill
+                    p.kill()
+            for pid in launcher._token_pids(self.token):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def alive_pids(self) -> list[int]:
+        """Processes of the app still present (for tests and ``inspect``)."""
+        if self.cgroups is not None:
+            return self.cgroups.pids()
+        pids = set(launcher._token_pids(self.token))
+        if self.pid is not None:
+            pids.update(p.pid for p in tree(self.pid))
+        return sorted(pids)
+
+    def report(self) -> dict[str, Any]:
+        """What was actually applied to this launch (``estarter inspect``)."""
+        cg = self.cgroups
+        return {
+            "backend": self.backend,
+            "cgroups": [str(d) for d in cg.dirs] if cg else [],
+            "written": dict(cg.values) if cg else {},
+            "rlimits": {k: list(v) for k, v in self.rlimits.items()},
+            "sandbox": "bwrap" if self.sandboxed else "off",
+            "network": self.network,
+            "runAs": list(self.run_as) if self.run_as else None,
+            "sampled": self.sampler.snapshot() if self.sampler else None,
+        }
+
+    def cleanup(self) -> None:
+        """Kill what is left and remove the cgroups (bounded retries). Idempotent."""
+        with self._lock:
+            if self._cleaned:
+                return
+            self._cleaned = True
+        if self.sampler is not None:
+            self.sampler.stop()
+        cg = self.cgroups
+        if cg is None:
+            return
+        if cg.pids():
+            cg.kill()
+        left = cg.remove()
+        if left:
+            self.ctx.log("warning", f"cgroups not removed (swept later): {left}")

@@ -1,0 +1,176 @@
+"""Small cgroupfs helpers shared by the v1 and v2 backends (no policy knowledge)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations: policy and plan import nothing from here
+    from ...policy import SandboxPolicy
+    from .plan import Outcome
+
+ESTARTER = "estarter"
+KILL_SECONDS = 2.0
+RMDIR_SECONDS = 2.0
+STALE_SECONDS = 60.0  # an empty cgroup this old was left by a lost supervisor
+
+
+def write(path: Path, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def read(path: Path) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def read_int(path: Path, default: int = 0) -> int:
+    try:
+        return int(read(path).split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def keyed(path: Path) -> dict[str, int]:
+    """Parse a flat keyed file (``memory.events``, ``memory.oom_control``, ``cpu.stat``)."""
+    out: dict[str, int] = {}
+    try:
+        text = read(path)
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def procs(dirs: Iterable[Path]) -> list[int]:
+    """Pids listed in the ``cgroup.procs`` of any of ``dirs`` (gone dirs count as empty)."""
+    pids: set[int] = set()
+    for d in dirs:
+        try:
+            pids.update(int(x) for x in read(d / "cgroup.procs").split())
+        except (OSError, ValueError):
+            continue
+    return sorted(pids)
+
+
+def kill_all(dirs: list[Path], timeout: float = KILL_SECONDS) -> bool:
+    """SIGKILL every process in ``dirs`` until none is listed. True if they emptied.
+
+    A fork between our read and our kill lands in the same cgroup, so we loop; the
+    pids controller bounds how many there can be. Killed zombies leave the list when
+    they exit, before they are reaped, so the one owner of ``wait`` is not needed here.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = procs(dirs)
+        if not pids:
+            return True
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
+def remove(dirs: list[Path], timeout: float = RMDIR_SECONDS) -> list[Path]:
+    """rmdir each cgroup, retrying while the kernel reports it busy. Returns the leftovers."""
+    left: list[Path] = []
+    deadline = time.monotonic() + timeout
+    for d in dirs:
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                # EBUSY: exiting tasks still charged; anything else will not improve.
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    left.append(d)
+                    break
+                time.sleep(0.01)
+    return left
+
+
+def sweep_stale(parents: Iterable[Path], now: float | None = None) -> list[Path]:
+    """Remove empty ``estarter`` cgroups older than STALE_SECONDS; returns what went.
+
+    Young empty cgroups are kept: another supervisor may be between mkdir and join.
+    Cgroups holding processes are never touched here.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    for parent in parents:
+        try:
+            children = [p for p in parent.iterdir() if p.is_dir()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                age = now - child.stat().st_mtime
+            except OSError:
+                continue
+            if age < STALE_SECONDS or procs([child]):
+                continue
+            try:
+                os.rmdir(child)
+                removed.append(child)
+            except OSError:
+                continue
+    return removed
+
+
+class Cgroups:
+    """One app's cgroups. Subclasses know the file names of their cgroup version."""
+
+    name = "cgroup"
+
+    def __init__(self, leaf: str) -> None:
+        self.leaf = leaf  # <appid>-<unique>
+        self.dirs: list[Path] = []  # what we created, in creation order
+        self.values: dict[str, str] = {}  # file -> value written (for report())
+
+    def parents(self) -> list[Path]:
+        """The ``estarter`` folders our cgroups live in (swept for stale leftovers)."""
+        raise NotImplementedError
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def apply(self, policy: SandboxPolicy, out: Outcome) -> set[str]:
+        """Write the limits this version can hold; returns the manifest keys handled."""
+        raise NotImplementedError
+
+    def join_files(self) -> list[str]:
+        """The ``cgroup.procs`` files the launcher writes its pid into."""
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def set(self, path: Path, value: str) -> None:
+        write(path, value)
+        self.values[str(path)] = value
+
+    def oom_kills(self) -> int:
+        raise NotImplementedError
+
+    def cpu_usage_ns(self) -> int | None:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        return procs(self.dirs)
+
+    def kill(self) -> None:
+        kill_all(self.dirs)
+
+    def remove(self) -> list[Path]:
+        return remove(list(reversed(self.dirs)))
