@@ -147,7 +147,8 @@ class WasmAppHost:
             self._started = True
         try:
             store, linker, module = self._prepare()
-        except LaunchError:
+        except LaunchError as exc:
+            self._launch_error = exc
             self._state = HostState.FAILED
             raise
         self._thread = threading.Thread(target=self._main, args=(store, linker, module),
@@ -157,7 +158,7 @@ class WasmAppHost:
         if not self._ready.wait(START_TIMEOUT):
             self._interrupt_with(ExitReason.CRASHED, "start function ran too long")
             self._ready.wait()
-            self._launch_error = self._launch_error or LaunchError(
+            self._launch_error = LaunchError(
                 f"{self.app_id}: the module's start function did not return "
                 f"within {START_TIMEOUT:g} s")
         if self._launch_error is not None:
@@ -183,6 +184,8 @@ class WasmAppHost:
                 if self._state is HostState.STARTING:
                     self._state = HostState.EXITED
             return self._exit or ExitInfo(None, ExitReason.STOPPED, "never started")
+        if threading.current_thread() is self._thread and self._exit is not None:
+            return self._exit  # called from on_exit
         if not self._done.is_set():
             self._state = HostState.STOPPING
             self._interrupt_with(ExitReason.STOPPED, "stopped")
@@ -346,7 +349,7 @@ class WasmAppHost:
                 assert isinstance(start, wasmtime.Func)
             except Exception as exc:  # every failure here is a launch error
                 self._launch_error = LaunchError(
-                    f"{self.app_id}: cannot instantiate: {_first_line(exc)}")
+                    f"{self.app_id}: cannot instantiate: {_first_cause(str(exc))}")
                 return
             finally:
                 self._ready.set()
@@ -428,11 +431,6 @@ class WasmAppHost:
         if self._cpu_tokens < 0:
             # Sleep off the debt; stop and timeout wake us through the same event.
             self._stopping.wait(-self._cpu_tokens / self._cpu_rate)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _first_cause(text: str) -> str:
