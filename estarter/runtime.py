@@ -7,6 +7,7 @@ above this module is written once.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ class Runtime:
     def event_cursor(self) -> int:
         return int(self.kernel.event_cursor())
 
-    def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
+    def notifications(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self.kernel.notifications(limit))
 
     # -- lifecycle -------------------------------------------------------------

@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..policy import SandboxPolicy
 
 
 class HostState(str, Enum):
