@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
-
 class HostState(str, Enum):
     STARTING = "starting"
     RUNNING = "running"
