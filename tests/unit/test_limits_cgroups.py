@@ -1,0 +1,161 @@
+"""cgroup v2 and v1 backends against fake cgroupfs folders: files written, counters
+parsed, kill written, stale cgroups swept. No processes, no root needed."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from estarter.hosting import limits
+from estarter.hosting.base import ExitReason, HostContext
+from estarter.hosting.limits import cgroupfs
+from estarter.manifest import RestartPolicy, RuntimeKind
+from estarter.policy import MIB, SandboxPolicy
+
+
+def make_policy(tmp_path: Path, **over: object) -> SandboxPolicy:
+    base = SandboxPolicy(
+        app_id="demo", runtime=RuntimeKind.PYTHON, app_dir=tmp_path, entry=tmp_path / "app.py",
+        args=(), requested=frozenset(), granted=frozenset(), memory_limit_bytes=64 * MIB,
+        max_processes=8, cpu_quota_percent=20, network_allowed=True, max_runtime_seconds=0,
+        disk_quota_bytes=10 * MIB, restart=RestartPolicy.NEVER, sandboxed=False,
+    )
+    return replace(base, **over)  # type: ignore[arg-type]
+
+
+class Logs:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __call__(self, level: str, message: str) -> None:
+        self.lines.append((level, message))
+
+
+def make_ctx(tmp_path: Path, logs: Logs | None = None) -> HostContext:
+    return HostContext(api=lambda m, p: None,  # type: ignore[arg-type,return-value]
+                       log=logs or Logs(), on_exit=lambda i: None, home=tmp_path / "home",
+                       appdata=tmp_path / "home" / "appdata")
+
+
+@pytest.fixture
+def fake_v2(tmp_path: Path) -> Path:
+    root = tmp_path / "cgroupfs"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_v2_is_detected_and_limits_are_written(tmp_path: Path, fake_v2: Path) -> None:
+    facts = limits.detect(fake_v2, probe_sandbox=False)
+    assert facts.backend == "cgroup-v2" and facts.v2_root == fake_v2
+    lim = limits.prepare(make_policy(tmp_path), make_ctx(tmp_path), facts=facts)
+    plan = lim.plan(["app"], {"PATH": "/bin"}, tmp_path)
+    (leaf,) = [d for d in (fake_v2 / "estarter").iterdir() if d.is_dir()]
+    assert leaf.name.startswith("demo-")
+    assert (leaf / "memory.max").read_text() == str(64 * MIB)
+    assert (leaf / "memory.swap.max").read_text() == "0"
+    assert (leaf / "pids.max").read_text() == "8"
+    assert (leaf / "cpu.max").read_text() == "20000 100000"
+    assert (fake_v2 / "estarter" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert plan.spec["cgroup_procs"] == [str(leaf / "cgroup.procs")]
+    assert plan.not_applied == []
+    assert lim.report()["backend"] == "cgroup-v2"
+    assert lim.report()["written"][str(leaf / "pids.max")] == "8"
+
+
+def test_v2_memory_events_explain_the_exit_and_kill_writes_cgroup_kill(
+        tmp_path: Path, fake_v2: Path) -> None:
+    logs = Logs()
+    facts = limits.detect(fake_v2, probe_sandbox=False)
+    lim = limits.prepare(make_policy(tmp_path), make_ctx(tmp_path, logs), facts=facts)
+    lim.plan(["app"], {}, tmp_path)
+    (leaf,) = [d for d in (fake_v2 / "estarter").iterdir() if d.is_dir()]
+    assert lim.exit_reason(-9) is None
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    assert lim.exit_reason(-9) is ExitReason.MEMORY_LIMIT
+    lim.kill()
+    assert (leaf / "cgroup.kill").read_text() == "1"
+    (leaf / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    assert lim.cgroups is not None and lim.cgroups.cpu_usage_ns() == 1_500_000
+    t0 = time.monotonic()
+    lim.cleanup()  # a fake folder with files cannot be rmdir'ed: reported, not hung on
+    lim.cleanup()
+    assert time.monotonic() - t0 < 1.0
+    assert any("not removed" in m for _, m in logs.lines)
+
+
+def test_v2_without_delegated_controller_reports_it(tmp_path: Path, fake_v2: Path) -> None:
+    (fake_v2 / "cgroup.controllers").write_text("memory io\n")
+    facts = limits.detect(fake_v2, probe_sandbox=False)
+    lim = limits.prepare(make_policy(tmp_path), make_ctx(tmp_path), facts=facts)
+    plan = lim.plan(["app"], {}, tmp_path)
+    # Root runs tests: no pids cgroup and RLIMIT_NPROC is useless for root.
+    if os.geteuid() == 0:
+        assert any(line.startswith("maxProcesses") for line in plan.not_applied)
+    assert any(line.startswith("memoryLimitMb: ") for line in plan.applied)
+
+
+def test_hybrid_unified_with_only_hugetlb_is_not_v2(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    (root / "unified").mkdir(parents=True)
+    (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    assert limits.detect(root, probe_sandbox=False).v2_root is None
+
+
+@pytest.fixture
+def fake_v1(tmp_path: Path) -> Path:
+    root = tmp_path / "cgv1"
+    for ctrl, marker in (("memory", "memory.limit_in_bytes"), ("pids", "cgroup.procs"),
+                         ("cpu", "cpu.cfs_period_us"), ("cpuacct", "cpuacct.usage")):
+        (root / ctrl).mkdir(parents=True)
+        (root / ctrl / marker).write_text("0\n")
+    return root
+
+
+def test_v1_limits_counters_and_report(tmp_path: Path, fake_v1: Path) -> None:
+    facts = limits.detect(fake_v1, probe_sandbox=False)
+    assert facts.backend == "cgroup-v1" and set(facts.v1_mounts) == {
+        "memory", "pids", "cpu", "cpuacct"}
+    lim = limits.prepare(make_policy(tmp_path, cpu_quota_percent=150), make_ctx(tmp_path),
+                         facts=facts)
+    plan = lim.plan(["app"], {}, tmp_path)
+    leaf = {c: next((fake_v1 / c / "estarter").iterdir()) for c in facts.v1_mounts}
+    assert (leaf["memory"] / "memory.limit_in_bytes").read_text() == str(64 * MIB)
+    assert (leaf["pids"] / "pids.max").read_text() == "8"
+    assert (leaf["cpu"] / "cpu.cfs_quota_us").read_text() == "150000"  # 1.5 cores
+    assert len(plan.spec["cgroup_procs"]) == 4
+    (leaf["memory"] / "memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    assert lim.exit_reason(137) is None
+    (leaf["memory"] / "memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert lim.exit_reason(137) is ExitReason.MEMORY_LIMIT
+    (leaf["cpuacct"] / "cpuacct.usage").write_text("123456789\n")
+    assert lim.cgroups is not None and lim.cgroups.cpu_usage_ns() == 123456789
+    assert len(lim.report()["cgroups"]) == 4
+
+
+def test_sweep_removes_only_old_empty_cgroups(tmp_path: Path) -> None:
+    parent = tmp_path / "estarter"
+    old, young, busy = parent / "a-1-x", parent / "b-1-x", parent / "c-1-x"
+    for d in (old, young, busy):
+        d.mkdir(parents=True)
+    (busy / "cgroup.procs").write_text("4242\n")
+    past = time.time() - 2 * cgroupfs.STALE_SECONDS
+    os.utime(old, (past, past))
+    os.utime(busy / "cgroup.procs", (past, past))
+    os.utime(busy, (past, past))
+    assert cgroupfs.sweep_stale([parent]) == [old]
+    assert young.exists() and busy.exists()
+
+
+def test_keyed_parses_flat_files(tmp_path: Path) -> None:
+    f = tmp_path / "memory.events"
+    f.write_text("low 0\noom_kill 3\nbogus line here\n")
+    assert cgroupfs.keyed(f) == {"low": 0, "oom_kill": 3}
+    assert cgroupfs.keyed(tmp_path / "missing") == {}
