@@ -31,6 +31,8 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from wasmtime import _bindings as wasmtime_bindings
 from ..errors import LaunchError, RuntimeClosed
 from ..policy import SandboxPolicy
 from .base import ExitInfo, ExitReason, HostContext, HostState
-from .wasm_abi import MODULE, SIGNATURES, BoundedLog, GuestAbi, LineSplitter
+from .wasm_abi import MODULE, SIGNATURES, BoundedLog, GuestAbi, LineSplitter, instance_pre
 from .wasm_cache import ModuleCache, shared_engine
 
 TICK = 0.01  # seconds between epoch increments while any guest runs
@@ -146,12 +148,12 @@ class WasmAppHost:
                 raise LaunchError(f"{self.app_id}: already started")
             self._started = True
         try:
-            store, linker, module = self._prepare()
+            store, pre = self._prepare()
         except LaunchError as exc:
             self._launch_error = exc
             self._state = HostState.FAILED
             raise
-        self._thread = threading.Thread(target=self._main, args=(store, linker, module),
+        self._thread = threading.Thread(target=self._main, args=(store, pre),
                                         name=f"wasm-{self.app_id}", daemon=True)
         _TICKER.acquire()
         self._thread.start()
@@ -245,11 +247,15 @@ class WasmAppHost:
 
     # -- launch ------------------------------------------------------------------------
 
-    def _prepare(self) -> tuple[wasmtime.Store, wasmtime.Linker, wasmtime.Module]:
+    def _prepare(self) -> tuple[wasmtime.Store, wasmtime.InstancePre]:
         module = self._cache.load(self._read_module())
         self._check_module(module)
         engine = self._cache.engine
-        store = wasmtime.Store(engine)
+        try:
+            pre = instance_pre(engine, module)
+        except wasmtime.WasmtimeError as exc:  # e.g. a WASI function that does not exist
+            raise LaunchError(f"{self.app_id}: cannot link: {_first_cause(str(exc))}") from None
+        store = self._abi.new_store(engine)
         limit = self.policy.memory_limit_bytes
         store.set_limits(memory_size=limit if limit > 0 else -1,
                          table_elements=MAX_TABLE_ELEMENTS)
@@ -258,10 +264,7 @@ class WasmAppHost:
         self._deadline_cb = _DeadlineCallback(self._on_deadline)
         _set_deadline_callback(store.ptr(), self._deadline_cb, None, _Finalizer())  # no finalizer
         store.set_epoch_deadline(1)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-        self._abi.define(linker)
-        return store, linker, module
+        return store, pre
 
     def _read_module(self) -> bytes:
         path = self.policy.entry
@@ -282,30 +285,15 @@ class WasmAppHost:
 
     def _check_module(self, module: wasmtime.Module) -> None:
         """Refuse, with a clear message, what instantiation would refuse obscurely."""
+        facts = _module_facts(module)
+        if facts.import_problem:
+            raise LaunchError(f"{self.app_id}: {facts.import_problem}")
         limit = self.policy.memory_limit_bytes
-        for imp in module.imports:
-            where = f"{imp.module}.{imp.name}"
-            if imp.module == MODULE:
-                want = SIGNATURES.get(imp.name or "")
-                if want is None:
-                    raise LaunchError(f"{self.app_id}: missing import {where}: the host "
-                                      f"provides only {', '.join(SIGNATURES)}")
-                ty = imp.type
-                if not (isinstance(ty, wasmtime.FuncType) and ty.params == want.params
-                        and ty.results == want.results):
-                    raise LaunchError(f"{self.app_id}: import {where} has the wrong type")
-            elif imp.module != WASI_MODULE:
-                raise LaunchError(f"{self.app_id}: unknown import module {imp.module!r} "
-                                  f"(import {where}); wasm apps may import only "
-                                  f"{MODULE} and {WASI_MODULE}")
-        memories = [e.type for e in module.exports if isinstance(e.type, wasmtime.MemoryType)]
-        for ty in memories:
-            if limit > 0 and ty.limits.min * _PAGE > limit:
-                raise LaunchError(
-                    f"{self.app_id}: the module needs at least {ty.limits.min * _PAGE} bytes "
-                    f"of memory, over its memoryLimitMb of {limit} bytes",
-                    {"key": "memoryLimitMb"})
-        if not any(e.name == "_start" for e in module.exports):
+        if limit > 0 and facts.min_memory_bytes > limit:
+            raise LaunchError(
+                f"{self.app_id}: the module needs at least {facts.min_memory_bytes} bytes "
+                f"of memory, over its memoryLimitMb of {limit} bytes", {"key": "memoryLimitMb"})
+        if not facts.has_start:
             raise LaunchError(f"{self.app_id}: no _start export; a wasm app must be a "
                               f"WASI command")
 
@@ -338,11 +326,10 @@ class WasmAppHost:
 
     # -- the guest thread --------------------------------------------------------------
 
-    def _main(self, store: wasmtime.Store, linker: wasmtime.Linker,
-              module: wasmtime.Module) -> None:
+    def _main(self, store: wasmtime.Store, pre: wasmtime.InstancePre) -> None:
         try:
             try:
-                instance = linker.instantiate(store, module)
+                instance = pre.instantiate(store)
                 memory = instance.exports(store).get("memory")
                 self._abi.memory = memory if isinstance(memory, wasmtime.Memory) else None
                 start = instance.exports(store)["_start"]
@@ -431,6 +418,50 @@ class WasmAppHost:
         if self._cpu_tokens < 0:
             # Sleep off the debt; stop and timeout wake us through the same event.
             self._stopping.wait(-self._cpu_tokens / self._cpu_rate)
+
+
+@dataclass(frozen=True)
+class _ModuleFacts:
+    import_problem: str  # empty when every import is one we provide
+    min_memory_bytes: int  # the largest declared minimum of an exported memory
+    has_start: bool
+
+
+# Walking a module's imports through wasmtime-py costs more than instantiating it, so
+# each compiled module (shared through the cache) is examined once.
+_FACTS: weakref.WeakKeyDictionary[wasmtime.Module, _ModuleFacts] = weakref.WeakKeyDictionary()
+_FACTS_LOCK = threading.Lock()
+
+
+def _module_facts(module: wasmtime.Module) -> _ModuleFacts:
+    with _FACTS_LOCK:
+        facts = _FACTS.get(module)
+    if facts is not None:
+        return facts
+    problem = ""
+    for imp in module.imports:
+        where = f"{imp.module}.{imp.name}"
+        if imp.module == MODULE:
+            want = SIGNATURES.get(imp.name or "")
+            ty = imp.type
+            if want is None:
+                problem = (f"missing import {where}: the host provides only "
+                           f"{', '.join(SIGNATURES)}")
+            elif not (isinstance(ty, wasmtime.FuncType) and ty.params == want.params
+                      and ty.results == want.results):
+                problem = f"import {where} has the wrong type"
+        elif imp.module != WASI_MODULE:
+            problem = (f"unknown import module {imp.module!r} (import {where}); wasm apps "
+                       f"may import only {MODULE} and {WASI_MODULE}")
+        if problem:
+            break
+    exports = module.exports
+    minimum = max((e.type.limits.min * _PAGE for e in exports
+                   if isinstance(e.type, wasmtime.MemoryType)), default=0)
+    facts = _ModuleFacts(problem, minimum, any(e.name == "_start" for e in exports))
+    with _FACTS_LOCK:
+        _FACTS[module] = facts
+    return facts
 
 
 def _first_cause(text: str) -> str:

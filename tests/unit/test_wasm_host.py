@@ -287,7 +287,8 @@ def test_cpu_quota_throttles_a_spinning_guest(tmp_path: Path) -> None:
         share = (time.process_time() - c0) / (time.monotonic() - t0)
     finally:
         host.close()
-    assert 0.1 < share < 0.35, share
+    # A ceiling, like cgroup cpu.max: on a loaded machine the guest may get less.
+    assert share < 0.3, share
 
 
 # -- memory -----------------------------------------------------------------------------
