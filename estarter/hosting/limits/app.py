@@ -109,9 +109,11 @@ class AppLimits:
                 out.missing("networkAllowed=false (no CAP_SYS_ADMIN and no sandbox)")
             if self.network != "host":
                 out.ok(f"networkAllowed=false: {self.network}")
-        if not self.sandboxed:
-            # Without bwrap's PID namespace a daemon escapes PDEATHSIG: the guard
-            # kills the cgroup (or the token's processes) if the supervisor dies.
+        if not self.sandboxed or self.cgroups is not None:
+            # If the supervisor dies, nobody else would kill a daemon that escaped
+            # PDEATHSIG (bwrap's PID namespace does that when sandboxed) or remove
+            # the cgroups: the guard kills the cgroup (or the token's processes)
+            # and removes it.
             spec["guard"] = {"procs": spec.get("cgroup_procs", []), "token": self.token}
             out.ok("orphan guard: watchdog of the supervisor")
         if self.run_as is not None:
