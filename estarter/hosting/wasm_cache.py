@@ -23,6 +23,7 @@ rebuilt; writes are atomic (temp file, then rename).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import importlib.metadata
@@ -47,14 +48,16 @@ ENGINE_SETTINGS: dict[str, object] = {
     "cranelift_opt_level": "speed",
 }
 
-_MAGIC = b"ESTWASM1"
-_HEADER = struct.Struct("<8s32sQ")  # magic, hmac-sha256(key + blob), blob length
+_MAGIC = b"ESTWASM2"
+# magic, hmac-sha256(key + info + blob), info length, blob length; then info JSON, blob
+_HEADER = struct.Struct("<8s32sIQ")
 _MEMORY_ENTRIES = 64  # compiled modules kept in this process (a module is shareable)
 
 _engine: wasmtime.Engine | None = None
 _engine_lock = threading.Lock()
 
 
+@functools.cache
 def wasmtime_version() -> str:
     try:
         return importlib.metadata.version("wasmtime")
@@ -62,6 +65,7 @@ def wasmtime_version() -> str:
         return "unknown"
 
 
+@functools.cache
 def engine_fingerprint() -> str:
     """What a compiled module depends on besides its bytes."""
     return json.dumps({"wasmtime": wasmtime_version(), **ENGINE_SETTINGS}, sort_keys=True)
@@ -88,6 +92,47 @@ class CacheStatistics:
     rebuilt: int  # entries found corrupt or foreign and replaced
 
 
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What a module imports and exports, kept with its cache entry.
+
+    Walking imports through wasmtime-py costs more than instantiating, so it is done
+    once per compile and read back (under the entry's HMAC) by later processes.
+    """
+
+    imports: tuple[tuple[str, str, str], ...]  # (module, name, "i32,i32->i32" | kind)
+    min_memory_bytes: int  # the largest declared minimum of an exported memory
+    exports: tuple[str, ...]
+
+    @staticmethod
+    def of(module: wasmtime.Module) -> ModuleInfo:
+        imports = tuple((imp.module, imp.name or "", _describe(imp.type))
+                        for imp in module.imports)
+        exports = module.exports
+        minimum = max((e.type.limits.min * 65536 for e in exports
+                       if isinstance(e.type, wasmtime.MemoryType)), default=0)
+        return ModuleInfo(imports, minimum, tuple(e.name for e in exports))
+
+    def to_json(self) -> bytes:
+        return json.dumps([self.imports, self.min_memory_bytes, self.exports]).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> ModuleInfo:
+        imports, minimum, exports = json.loads(raw)
+        return ModuleInfo(tuple(tuple(i) for i in imports), int(minimum), tuple(exports))
+
+
+def describe_functype(ty: wasmtime.FuncType) -> str:
+    return (",".join(str(p) for p in ty.params) + "->"
+            + ",".join(str(r) for r in ty.results))
+
+
+def _describe(ty: object) -> str:
+    if isinstance(ty, wasmtime.FuncType):
+        return describe_functype(ty)
+    return type(ty).__name__
+
+
 class ModuleCache:
     """Compiled modules by content; thread-safe. Never trusts an entry it cannot verify."""
 
@@ -97,7 +142,7 @@ class ModuleCache:
         self._fingerprint = engine_fingerprint().encode()
         self._secret: bytes | None = None
         self._lock = threading.Lock()
-        self._memory: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[wasmtime.Module, ModuleInfo]] = OrderedDict()
         self._compiled = self._disk_hits = self._memory_hits = self._rebuilt = 0
 
     def statistics(self) -> CacheStatistics:
@@ -116,22 +161,27 @@ class ModuleCache:
 
     def load(self, wasm: bytes) -> wasmtime.Module:
         """The compiled module for ``wasm`` bytes; raises LaunchError if they are not wasm."""
+        return self.load_with_info(wasm)[0]
+
+    def load_with_info(self, wasm: bytes) -> tuple[wasmtime.Module, ModuleInfo]:
+        """The compiled module and its imports/exports; raises LaunchError if not wasm."""
         key = self.key(wasm)
         with self._lock:
-            module = self._memory.get(key)
-            if module is not None:
+            hit = self._memory.get(key)
+            if hit is not None:
                 self._memory.move_to_end(key)
                 self._memory_hits += 1
-                return module
-        module = self._load_entry(key)
-        if module is None:
+                return hit
+        loaded = self._load_entry(key)
+        if loaded is None:
             module = self._compile(wasm)
-            self._store_entry(key, module)
+            loaded = module, ModuleInfo.of(module)
+            self._store_entry(key, *loaded)
         with self._lock:
-            self._memory[key] = module
+            self._memory[key] = loaded
             while len(self._memory) > _MEMORY_ENTRIES:
                 self._memory.popitem(last=False)
-        return module
+        return loaded
 
     # -- internals ---------------------------------------------------------------------
 
@@ -148,34 +198,39 @@ class ModuleCache:
     def _mac(self, key: str, blob: bytes) -> bytes:
         return hmac.new(self._get_secret(), key.encode() + b"\0" + blob, "sha256").digest()
 
-    def _load_entry(self, key: str) -> wasmtime.Module | None:
+    def _load_entry(self, key: str) -> tuple[wasmtime.Module, ModuleInfo] | None:
         path = self.root / f"{key}.cwasm"
         try:
             raw = path.read_bytes()
         except OSError:
             return None
-        module = None
+        loaded = None
         if len(raw) >= _HEADER.size:
-            magic, mac, length = _HEADER.unpack_from(raw)
-            blob = raw[_HEADER.size:]
-            if (magic == _MAGIC and length == len(blob)
-                    and hmac.compare_digest(mac, self._mac(key, blob))):
+            magic, mac, info_len, blob_len = _HEADER.unpack_from(raw)
+            body = raw[_HEADER.size:]
+            if (magic == _MAGIC and info_len + blob_len == len(body)
+                    and hmac.compare_digest(mac, self._mac(key, body))):
+                # Only now, with the bytes proven ours, parse and deserialise them.
                 try:
-                    module = wasmtime.Module.deserialize(self.engine, blob)
-                except wasmtime.WasmtimeError:
-                    module = None  # our own blob from an incompatible build: rebuild
+                    info = ModuleInfo.from_json(body[:info_len])
+                    module = wasmtime.Module.deserialize(self.engine, body[info_len:])
+                    loaded = module, info
+                except (wasmtime.WasmtimeError, ValueError, TypeError):
+                    loaded = None  # our own entry from an incompatible build: rebuild
         with self._lock:
-            if module is None:
+            if loaded is None:
                 self._rebuilt += 1
             else:
                 self._disk_hits += 1
-        if module is None:
+        if loaded is None:
             path.unlink(missing_ok=True)
-        return module
+        return loaded
 
-    def _store_entry(self, key: str, module: wasmtime.Module) -> None:
-        blob = bytes(module.serialize())
-        data = _HEADER.pack(_MAGIC, self._mac(key, blob), len(blob)) + blob
+    def _store_entry(self, key: str, module: wasmtime.Module, info: ModuleInfo) -> None:
+        info_json = info.to_json()
+        body = info_json + bytes(module.serialize())
+        data = _HEADER.pack(_MAGIC, self._mac(key, body), len(info_json),
+                            len(body) - len(info_json)) + body
         try:
             self._ensure_root()
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".cwasm")
@@ -224,6 +279,8 @@ __all__ = [
     "ENGINE_SETTINGS",
     "CacheStatistics",
     "ModuleCache",
+    "ModuleInfo",
+    "describe_functype",
     "engine_fingerprint",
     "shared_engine",
     "wasmtime_version",

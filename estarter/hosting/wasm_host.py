@@ -31,8 +31,6 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ from ..errors import LaunchError, RuntimeClosed
 from ..policy import SandboxPolicy
 from .base import ExitInfo, ExitReason, HostContext, HostState
 from .wasm_abi import MODULE, SIGNATURES, BoundedLog, GuestAbi, LineSplitter, instance_pre
-from .wasm_cache import ModuleCache, shared_engine
+from .wasm_cache import ModuleCache, ModuleInfo, describe_functype, shared_engine
 
 TICK = 0.01  # seconds between epoch increments while any guest runs
 CPU_BURST = 0.1  # seconds of CPU credit a throttled guest may bank
@@ -51,7 +49,6 @@ START_TIMEOUT = 10.0  # a module's start function must finish within this
 MAX_MODULE_BYTES = 256 << 20
 MAX_TABLE_ELEMENTS = 1 << 20  # a table element costs the host 8 bytes: bound table.grow
 WASI_MODULE = "wasi_snapshot_preview1"
-_PAGE = 65536
 
 # wasmtime_store_epoch_deadline_callback is bound but not wrapped by wasmtime-py 50;
 # take its ctypes types from the binding so the function pointers match exactly.
@@ -248,8 +245,8 @@ class WasmAppHost:
     # -- launch ------------------------------------------------------------------------
 
     def _prepare(self) -> tuple[wasmtime.Store, wasmtime.InstancePre]:
-        module = self._cache.load(self._read_module())
-        self._check_module(module)
+        module, module_info = self._cache.load_with_info(self._read_module())
+        self._check_module(module_info)
         engine = self._cache.engine
         try:
             pre = instance_pre(engine, module)
@@ -283,17 +280,17 @@ class WasmAppHost:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
             raise LaunchError(f"{self.app_id}: {path.name} is not valid WAT: {first}") from None
 
-    def _check_module(self, module: wasmtime.Module) -> None:
+    def _check_module(self, module: ModuleInfo) -> None:
         """Refuse, with a clear message, what instantiation would refuse obscurely."""
-        facts = _module_facts(module)
-        if facts.import_problem:
-            raise LaunchError(f"{self.app_id}: {facts.import_problem}")
+        problem = _import_problem(module)
+        if problem:
+            raise LaunchError(f"{self.app_id}: {problem}")
         limit = self.policy.memory_limit_bytes
-        if limit > 0 and facts.min_memory_bytes > limit:
+        if limit > 0 and module.min_memory_bytes > limit:
             raise LaunchError(
-                f"{self.app_id}: the module needs at least {facts.min_memory_bytes} bytes "
+                f"{self.app_id}: the module needs at least {module.min_memory_bytes} bytes "
                 f"of memory, over its memoryLimitMb of {limit} bytes", {"key": "memoryLimitMb"})
-        if not facts.has_start:
+        if "_start" not in module.exports:
             raise LaunchError(f"{self.app_id}: no _start export; a wasm app must be a "
                               f"WASI command")
 
@@ -420,48 +417,23 @@ class WasmAppHost:
             self._stopping.wait(-self._cpu_tokens / self._cpu_rate)
 
 
-@dataclass(frozen=True)
-class _ModuleFacts:
-    import_problem: str  # empty when every import is one we provide
-    min_memory_bytes: int  # the largest declared minimum of an exported memory
-    has_start: bool
+_SIGNATURES = {name: describe_functype(ty) for name, ty in SIGNATURES.items()}
 
 
-# Walking a module's imports through wasmtime-py costs more than instantiating it, so
-# each compiled module (shared through the cache) is examined once.
-_FACTS: weakref.WeakKeyDictionary[wasmtime.Module, _ModuleFacts] = weakref.WeakKeyDictionary()
-_FACTS_LOCK = threading.Lock()
-
-
-def _module_facts(module: wasmtime.Module) -> _ModuleFacts:
-    with _FACTS_LOCK:
-        facts = _FACTS.get(module)
-    if facts is not None:
-        return facts
-    problem = ""
-    for imp in module.imports:
-        where = f"{imp.module}.{imp.name}"
-        if imp.module == MODULE:
-            want = SIGNATURES.get(imp.name or "")
-            ty = imp.type
+def _import_problem(module: ModuleInfo) -> str:
+    """Why the module's imports cannot be satisfied, or "" if they (probably) can."""
+    for mod, name, kind in module.imports:
+        where = f"{mod}.{name}"
+        if mod == MODULE:
+            want = _SIGNATURES.get(name)
             if want is None:
-                problem = (f"missing import {where}: the host provides only "
-                           f"{', '.join(SIGNATURES)}")
-            elif not (isinstance(ty, wasmtime.FuncType) and ty.params == want.params
-                      and ty.results == want.results):
-                problem = f"import {where} has the wrong type"
-        elif imp.module != WASI_MODULE:
-            problem = (f"unknown import module {imp.module!r} (import {where}); wasm apps "
-                       f"may import only {MODULE} and {WASI_MODULE}")
-        if problem:
-            break
-    exports = module.exports
-    minimum = max((e.type.limits.min * _PAGE for e in exports
-                   if isinstance(e.type, wasmtime.MemoryType)), default=0)
-    facts = _ModuleFacts(problem, minimum, any(e.name == "_start" for e in exports))
-    with _FACTS_LOCK:
-        _FACTS[module] = facts
-    return facts
+                return f"missing import {where}: the host provides only {', '.join(SIGNATURES)}"
+            if kind != want:
+                return f"import {where} has the wrong type ({kind}, expected {want})"
+        elif mod != WASI_MODULE:
+            return (f"unknown import module {mod!r} (import {where}); wasm apps may import "
+                    f"only {MODULE} and {WASI_MODULE}")
+    return ""
 
 
 def _first_cause(text: str) -> str:
