@@ -3,9 +3,20 @@
 ``log(level, ptr, len)``, ``api_call(req_ptr, req_len) -> i32`` and
 ``api_response(buf_ptr, buf_len) -> i32``. Every pointer and length the guest
 passes is read as unsigned and checked against the memory's *current* size before
-anything is read or allocated; requests, responses and log lines are capped. These
-functions run on the guest's thread and never raise: an exception escaping a
-wasmtime-py host function lands in a process-global slot shared by all guests.
+anything is read or allocated; requests, responses and log lines are capped.
+
+The imports are raw ("unchecked") wasmtime host functions defined once, with WASI,
+in one linker shared by every app of the process; each finds its app's
+:class:`GuestAbi` through the calling store's data. wasmtime-py's generic
+trampoline and a Linker plus ``define_wasi`` per app each cost more than the whole
+api_call or launch (see ``benchmarks/bench_wasm.py``). This reaches into
+wasmtime-py 50's ``_ffi`` / ``_bindings`` and ``Memory._memory``; the unit tests
+fail loudly if a wasmtime-py upgrade moves them.
+
+The imports run on the guest's thread and never raise (an exception escaping a
+host function would land in wasmtime-py's process-global slot shared by all
+guests). They serve calls from ``_start`` on: a module's own start function runs
+before the host knows its memory, and gets -1.
 """
 
 from __future__ import annotations
