@@ -382,11 +382,14 @@ class WasmAppHost:
             self._done.set()
 
     def _interrupt_with(self, reason: ExitReason, detail: str) -> None:
-        if self._interrupt is None and not self._done.is_set():
+        """The first reason wins (a stop racing the runtime deadline, say)."""
+        with self._lock:
+            if self._interrupt is not None or self._done.is_set():
+                return
             self._interrupt_detail = detail
             self._interrupt = reason
-            self._stopping.set()
-            _TICKER.kick()
+        self._stopping.set()
+        _TICKER.kick()
 
     def _on_deadline(self, _ctx: int, _data: int, delta: Any, kind: Any) -> int:
         """Runs on the guest thread at each epoch tick: trap (an error pointer) or go on."""
