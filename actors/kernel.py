@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from estarter.errors import EstarterError, LaunchError
+from estarter.errors import Busy, EstarterError, LaunchError
 from estarter.hosting.base import ExitReason
 from estarter.kernel.core import Kernel, lost
 from estarter.kernel.permissions import PermissionManager
@@ -98,20 +99,49 @@ class KernelShell(Kernel):
                          node=ray_api.node_ip(), strict=strict)
         spawner.kernel = self
 
+    def describe(self) -> dict[str, Any]:
+        """Which home this kernel serves and how many apps run (for reuse checks)."""
+        return {"home": str(self.home), "running": len(self._running_ids())}
+
 
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
 
 
 def get_or_create_kernel(home: Path, strict: bool = False,
                          detached: bool = False) -> tuple[Any, bool]:
-    """The named kernel actor and whether this call created it."""
+    """The named kernel actor and whether this call created it.
+
+    A live kernel of another home is replaced when it runs no app (one left
+    behind by a runtime that did not own it); one that runs apps is refused
+    with Busy rather than silently serving the wrong home.
+    """
     try:
-        return ray_api.get_actor(KERNEL_OPTIONS["name"]), False
+        existing = ray_api.get_actor(KERNEL_OPTIONS["name"])
     except EstarterError:
-        pass
+        existing = None
+    if existing is not None:
+        desc = ray_api.get(existing.describe.remote(), timeout=60)
+        if desc["home"] == str(home):
+            ray_api.get(existing.start_services.remote(), timeout=60)
+            return existing, False
+        if desc["running"]:
+            raise Busy(f"the kernel on this Ray serves {desc['home']} and runs apps")
+        ray_api.kill(existing)
+        _wait_name_free(KERNEL_OPTIONS["name"], timeout=30)
     opts: dict[str, Any] = {"get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
     handle = KernelActor.options(**opts).remote(str(home), strict)
     ray_api.get(handle.ping.remote(), timeout=120)
     return handle, True
+
+
+def _wait_name_free(name: str, timeout: float) -> None:
+    """After a kill the actor's name is released asynchronously; wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray_api.get_actor(name)
+        except EstarterError:
+            return
+        time.sleep(0.05)

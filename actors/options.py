@@ -7,16 +7,25 @@ from typing import Any
 NAMESPACE = "estarter"
 KERNEL_NAME = "estarter-kernel"
 
-# The kernel serves many blocking calls at once (long polls, ipc.receive), so it is
-# a threaded actor. It needs no CPU reservation: it must never be unschedulable.
+# The kernel answers apps' quick calls on its default group, one thread (the
+# lowest latency Ray has for an actor call, and the GIL allows no more throughput);
+# everything that may block (long polls, ipc.receive, permission.request, launch,
+# stop, operator calls) runs in the BLOCKING group's threads. It needs no CPU
+# reservation: it must never be unschedulable.
+BLOCKING = "blocking"
 KERNEL_OPTIONS: dict[str, Any] = {
     "name": KERNEL_NAME,
     "namespace": NAMESPACE,
     "num_cpus": 0,
-    "max_concurrency": 128,
+    "concurrency_groups": {BLOCKING: 128},
     "max_restarts": -1,
     "max_task_retries": 0,
 }
+# App methods that may wait: served in the BLOCKING group.
+BLOCKING_METHODS = frozenset({
+    "ipc.receive", "permission.request", "process.launch", "process.terminate",
+    "system.shutdown",
+})
 
 # One per app. A few threads: start/stop, info, notify and one long wait().
 SUPERVISOR_OPTIONS: dict[str, Any] = {
@@ -29,3 +38,16 @@ SUPERVISOR_OPTIONS: dict[str, Any] = {
 
 def supervisor_name(app_id: str, run_id: int) -> str:
     return f"estarter-sup-{app_id}-{run_id}"
+
+# The VFS as its own actor (see actors/vfs.py). The kernel serves fs.* in its own
+# process by default; this actor is for callers that want the VFS without a kernel
+# (and for the benchmark that compares both placements).
+VFS_NAME = "estarter-vfs"
+VFS_OPTIONS: dict[str, Any] = {
+    "name": VFS_NAME,
+    "namespace": NAMESPACE,
+    "num_cpus": 0,
+    "max_concurrency": 32,
+    "max_restarts": -1,
+    "max_task_retries": 0,
+}

@@ -7,8 +7,8 @@ local mode uses it directly. Supervisors are reached through a ``Spawner`` and t
 
 from __future__ import annotations
 
-import collections
 import itertools
+import logging
 import os
 import platform
 import socket
@@ -19,16 +19,32 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..errors import Busy, EstarterError, InvalidParams, NotFound, PermissionDenied
+from ..errors import Busy, EstarterError, NotFound, PermissionDenied
 from ..hosting.base import ExitInfo, ExitReason, HostState
 from ..manifest import AppManifest, load_manifest
 from ..policy import SandboxPolicy
+from . import services
 from .events import EventLog
+from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
+from .ipc import Ipc
 from .permissions import PermissionManager
+from .registry import Registry
 from .router import CallContext, Router, as_params, opt, req
+from .socket_server import Connection, SocketServer
+from .tokens import TokenStore
+from .ui import Clipboard, Notifications
+from .vfs import Vfs
 
-MAX_NOTIFICATIONS = 1000
+log = logging.getLogger(__name__)
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
+
+
+def kernel_db(home: Path) -> Path:
+    """Registry, notifications and tokens. Not ``state.db``: commits here must not
+    look like grant changes to the permission checks watching that file."""
+    return Path(home) / "kernel.db"
 
 
 class SupervisorPort(Protocol):
@@ -97,6 +113,8 @@ class Kernel:
         node: str | None = None,
         strict: bool = False,
         clock: Callable[[], float] = time.time,
+        serve_socket: bool = True,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         self.home = Path(home)
         self.permissions = permissions
@@ -110,10 +128,23 @@ class Kernel:
         self._lock = threading.RLock()
         self._apps: dict[str, AppRecord] = {}
         self._run_ids = itertools.count(1)
-        self._notifications: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=MAX_NOTIFICATIONS)
-        self._notification_ids = itertools.count(1)
+        self._sockets: dict[str, set[Connection]] = {}
+        self._quotas: dict[str, int] = {}
+        db = kernel_db(self.home)
+        self.vfs = Vfs(self.home, self.quota_of)
+        self.registry = Registry(db, clock=clock)
+        self.notices = Notifications(db, clock=clock)
+        self.tokens = TokenStore(db, clock=clock)
+        self.clipboard = Clipboard()
+        self.ipc = Ipc(self.is_running, self.push, self._pulls_only)
+        self.lifecycle = PermissionLifecycle(permissions, self.push, self._running_ids,
+                                             request_timeout=request_timeout)
+        self.socket: SocketServer | None = None
+        self._serve_socket = serve_socket
+        permissions.clear_requests()
         self._add_core_methods()
+        services.register(self)
+        self.start_services()
 
     # -- the API of apps -------------------------------------------------------
 
@@ -153,21 +184,11 @@ class Kernel:
         return {"granted": name in self.permissions.granted(ctx.app_id)}
 
     def _notify(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
-        title = req(params, "title")
-        message = req(params, "message")
-        level = opt(params, "level", str, "info")
-        if level not in ("info", "success", "warning", "error"):
-            raise InvalidParams("level must be info, success, warning or error",
-                                {"param": "level"})
-        if len(title) > 200 or len(message) > 4000:
-            raise InvalidParams("title or message too long (200 / 4000 characters)")
-        nid = next(self._notification_ids)
-        note = {"id": nid, "appId": ctx.app_id, "title": title, "message": message,
-                "level": level, "time": self.clock()}
-        self._notifications.append(note)
-        self.events.append("notification", ctx.app_id, id=nid, title=title, message=message,
-                           level=level)
-        return {"id": nid}
+        note = self.notices.add(ctx.app_id, req(params, "title"), req(params, "message"),
+                                opt(params, "level", str, "info"))
+        self.events.append("notification", ctx.app_id, id=note["id"], title=note["title"],
+                           message=note["message"], level=note["level"])
+        return {"id": note["id"]}
 
     def _log(self, ctx: CallContext, params: dict[str, Any]) -> None:
         level = opt(params, "level", str, "info")
@@ -188,6 +209,9 @@ class Kernel:
             rec.state = HostState.RUNNING
             rec.pid = info.get("pid")
             rec.node = info.get("node", rec.node)
+        self.lifecycle.seed(app_id)
+        self.push_all("system.event", {"name": "app.launched", "data": {"appId": app_id}},
+                      but=app_id)
 
     def app_exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         """The app's final end (after its supervisor gave up restarting). Idempotent."""
@@ -200,7 +224,11 @@ class Kernel:
             rec.state = HostState.FAILED if exit_info.get("failed") else HostState.EXITED
         self.events.append("exit", app_id, code=info.code, reason=info.reason.value,
                            detail=info.detail, state=rec.state.value)
+        if not self._sockets.get(app_id):
+            self.ipc.drop(app_id)
+            self.lifecycle.forget(app_id)
         rec.done.set()
+        self.push_all("system.event", {"name": "app.terminated", "data": {"appId": app_id}})
 
     # -- operator / runtime ----------------------------------------------------
 
@@ -209,6 +237,7 @@ class Kernel:
         """Resolve an app (folder, package or id), apply grants, start its supervisor."""
         if self.spawner is None:
             raise EstarterError("this kernel cannot launch apps (no spawner)")
+        self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
         app_id = manifest.id
         self.permissions.register(app_id, manifest.requested_permissions)
@@ -225,6 +254,7 @@ class Kernel:
                 raise Busy(f"app {app_id} is already running", {"appId": app_id})
             rec = AppRecord(app_id, next(self._run_ids), policy, self.clock())
             self._apps[app_id] = rec
+            self._quotas[app_id] = policy.disk_quota_bytes
         try:
             rec.supervisor = self.spawner.spawn(policy, rec.run_id)
         except EstarterError as exc:
@@ -262,7 +292,7 @@ class Kernel:
             return [rec.to_dict() for rec in self._apps.values()]
 
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._notifications)[-limit:]
+        return self.notices.list(limit)
 
     def event_cursor(self) -> int:
         return self.events.cursor()
@@ -281,7 +311,8 @@ class Kernel:
         return self.permissions.audit(app_id, limit)
 
     def shutdown(self, grace: float = 2.0) -> None:
-        """Stop every running app. Idempotent."""
+        """Stop every running app, the socket and the watcher. Idempotent; a later
+        ``launch`` or ``start_services`` brings the services back."""
         with self._lock:
             running = [rec for rec in self._apps.values() if rec.exit is None]
         for rec in running:
@@ -289,7 +320,117 @@ class Kernel:
                 self.stop(rec.app_id, grace)
             except EstarterError:
                 pass
+        with self._lock:
+            sock, self.socket = self.socket, None
+        if sock is not None:
+            sock.close()
+        self.lifecycle.close()
         self.permissions.flush()
+
+    def system_shutdown(self) -> None:
+        """``system.shutdown``: tell every app, then stop them all."""
+        self.push_all("system.event", {"name": "system.shutdown", "data": {}})
+        self.shutdown()
+
+    def start_services(self) -> None:
+        """The permission watcher and the socket server. Idempotent."""
+        self.lifecycle.start()
+        if not self._serve_socket:
+            return
+        with self._lock:
+            if self.socket is not None:
+                return
+            server = SocketServer(self.home / "run", self.handle, self.authenticate,
+                                  self._attach, self._detach)
+            try:
+                server.start()
+            except (EstarterError, OSError) as exc:
+                log.warning("kernel socket not started: %s", exc)
+                self.events.append("log", None, level="warning",
+                                   message=f"kernel socket not started: {exc}")
+                return
+            self.socket = server
+
+    # -- what the services ask the kernel --------------------------------------
+
+    def is_running(self, app_id: str) -> bool:
+        """Hosted and not ended, or connected over the socket."""
+        with self._lock:
+            rec = self._apps.get(app_id)
+            return (rec is not None and rec.exit is None) or bool(self._sockets.get(app_id))
+
+    def push(self, app_id: str, method: str, params: Any) -> bool:
+        """Send a notification to a running app; True if a channel took it."""
+        with self._lock:
+            rec = self._apps.get(app_id)
+            sup = rec.supervisor if rec is not None and rec.exit is None else None
+            conns = list(self._sockets.get(app_id, ()))
+        sent = False
+        if sup is not None and rec is not None and rec.policy.runtime.value != "wasm":
+            try:
+                sup.notify(method, params)
+                sent = True
+            except EstarterError:
+                pass
+        for conn in conns:
+            sent = conn.notify(method, params) or sent
+        return sent
+
+    def push_all(self, method: str, params: Any, but: str | None = None) -> None:
+        for app_id in self._running_ids():
+            if app_id != but:
+                self.push(app_id, method, params)
+
+    def quota_of(self, app_id: str) -> int:
+        """The app's diskQuotaMb in bytes: from its launch, else its installed manifest."""
+        with self._lock:
+            quota = self._quotas.get(app_id)
+        if quota is None:
+            try:
+                manifest, _ = self.resolver.resolve(app_id)
+                quota = manifest.disk_quota_mb * 1024 * 1024
+            except EstarterError:
+                quota = DEFAULT_DISK_QUOTA_BYTES
+            with self._lock:
+                self._quotas[app_id] = quota
+        return quota
+
+    def authenticate(self, token: Any) -> str | None:
+        """A socket client's app, from its token alone."""
+        app_id = self.tokens.app_of(token)
+        if app_id is not None and not self.permissions.requested(app_id):
+            try:  # an installed app that was never launched: record what it requests
+                manifest, _ = self.resolver.resolve(app_id)
+                self.permissions.register(app_id, manifest.requested_permissions)
+            except EstarterError:
+                pass
+        return app_id
+
+    def _attach(self, app_id: str, conn: Connection) -> None:
+        with self._lock:
+            self._sockets.setdefault(app_id, set()).add(conn)
+        self.lifecycle.seed(app_id)
+
+    def _detach(self, app_id: str, conn: Connection) -> None:
+        with self._lock:
+            conns = self._sockets.get(app_id, set())
+            conns.discard(conn)
+            if not conns:
+                self._sockets.pop(app_id, None)
+        if not self.is_running(app_id):
+            self.ipc.drop(app_id)
+            self.lifecycle.forget(app_id)
+
+    def _running_ids(self) -> list[str]:
+        with self._lock:
+            ids = {a for a, rec in self._apps.items() if rec.exit is None}
+            return sorted(ids | set(self._sockets))
+
+    def _pulls_only(self, app_id: str) -> bool:
+        with self._lock:
+            rec = self._apps.get(app_id)
+            hosted = rec is not None and rec.exit is None
+            return hosted and rec is not None and rec.policy.runtime.value == "wasm"
 
     def ping(self) -> bool:
         return True

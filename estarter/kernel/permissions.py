@@ -4,6 +4,12 @@ Manifest permissions are *requested*. What is inside ``basic`` is granted withou
 asking; anything beyond needs an operator grant, which persists. The effective set
 of an app is ``requested & (basic | operator grants)``; a revocation removes an
 operator grant (or denies a basic one explicitly) and counts from the next call.
+
+Other processes change the same database (``estarter permissions`` while a runtime
+runs, in local mode or in a Ray kernel actor). Every check first reads SQLite's
+``PRAGMA data_version``, which changes exactly when another connection has
+committed: a few microseconds, and a revocation made anywhere counts on the very
+next call, with no polling interval to wait out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, app_id TEXT NOT NULL,
   permission TEXT NOT NULL, method TEXT NOT NULL, decision TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_app ON audit (app_id, id);
+CREATE TABLE IF NOT EXISTS pending (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, app_id TEXT NOT NULL, permission TEXT NOT NULL,
+  reason TEXT NOT NULL, created_at REAL NOT NULL, decision TEXT);
 """
 AUDIT_FLUSH_ROWS = 200
 AUDIT_KEEP_ROWS = 200_000
@@ -54,14 +63,15 @@ class PermissionManager:
         self._audit: list[tuple[float, str, str, str, str]] = []
         self._requested: dict[str, frozenset[str]] = {}
         self._effective: dict[str, frozenset[str]] = {}
-        for app_id, perm in self._db.execute("SELECT app_id, permission FROM requested"):
-            self._requested[app_id] = self._requested.get(app_id, frozenset()) | {perm}
+        self._data_version = -1
+        self.refresh()
 
     # -- decisions -------------------------------------------------------------
 
     def check(self, app_id: str, permission: str, method: str = "") -> bool:
         """Is ``permission`` granted to ``app_id`` now? Records the decision."""
         with self._lock:
+            self._refresh_locked()
             allowed = permission in self._effective_of(app_id)
             self._audit.append((self._clock(), app_id, permission, method,
                                 "allowed" if allowed else "denied"))
@@ -71,7 +81,13 @@ class PermissionManager:
 
     def granted(self, app_id: str) -> frozenset[str]:
         with self._lock:
+            self._refresh_locked()
             return self._effective_of(app_id)
+
+    def refresh(self) -> bool:
+        """Drop cached decisions if another connection changed the database."""
+        with self._lock:
+            return self._refresh_locked()
 
     def requested(self, app_id: str) -> frozenset[str]:
         with self._lock:
@@ -90,7 +106,8 @@ class PermissionManager:
             self._effective.pop(app_id, None)
 
     def grant(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
-        """Grant permissions (names or bundles); returns the effective set."""
+        """Grant permissions (names or bundles); returns the effective set. Open
+        requests of the app for them are answered granted."""
         return self._set(app_id, perms, "granted", by)
 
     def revoke(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
@@ -114,6 +131,8 @@ class PermissionManager:
         return dict(rows)
 
     def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest decisions, oldest first, in the order they were made (checks
+        are buffered and written up to a second late, with their own time)."""
         with self._lock:
             self._flush_audit()
             sql = "SELECT time, app_id, permission, method, decision FROM audit"
@@ -121,9 +140,74 @@ class PermissionManager:
             if app_id is not None:
                 sql += " WHERE app_id=?"
                 args = (app_id,)
-            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            rows = self._db.execute(sql + " ORDER BY time DESC, id DESC LIMIT ?",
+                                    (*args, limit)).fetchall()
         keys = ("time", "appId", "permission", "method", "decision")
         return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+
+    def record(self, app_id: str, permission: str, method: str, decision: str) -> None:
+        """Audit a decision made outside ``check`` (a request, an operator's denial)."""
+        with self._lock:
+            self._audit.append((self._clock(), app_id, permission, method, decision))
+
+    # -- permission.request: a row the operator answers ------------------------
+
+    def open_request(self, app_id: str, permission: str, reason: str) -> int:
+        with self._lock, self._tx():
+            cur = self._db.execute(
+                "INSERT INTO pending (app_id, permission, reason, created_at) "
+                "VALUES (?, ?, ?, ?)", (app_id, permission, reason, self._clock()))
+            return int(cur.lastrowid or 0)
+
+    def request_decision(self, request_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT decision FROM pending WHERE id=?",
+                                   (request_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def close_request(self, request_id: int) -> None:
+        """The request was answered or timed out: its row goes."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM pending WHERE id=?", (request_id,))
+
+    def clear_requests(self) -> None:
+        """At kernel start: requests of a previous kernel have nobody waiting."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM pending")
+
+    def deny(self, app_id: str, perms: Iterable[str] | None = None,
+             by: str = "operator") -> int:
+        """Answer the app's open requests (for ``perms``, or all) as denied."""
+        wanted: set[str] | None = None
+        if perms is not None:
+            wanted = set()
+            for name in perms:
+                wanted |= names.normalize(name)
+        with self._lock, self._tx():
+            rows = self._db.execute(
+                "SELECT id, permission FROM pending WHERE app_id=? AND decision IS NULL",
+                (app_id,)).fetchall()
+            hit = [(rid, p) for rid, p in rows if wanted is None or p in wanted]
+            self._db.executemany("UPDATE pending SET decision='denied' WHERE id=?",
+                                 [(rid,) for rid, _ in hit])
+            now = self._clock()
+            self._db.executemany(
+                "INSERT INTO audit (time, app_id, permission, method, decision) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(now, app_id, p, f"operator:{by}", "denied") for _, p in hit])
+        return len(hit)
+
+    def pending(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT id, app_id, permission, reason, created_at FROM pending "
+               "WHERE decision IS NULL")
+        args: tuple[Any, ...] = ()
+        if app_id is not None:
+            sql += " AND app_id=?"
+            args = (app_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        keys = ("id", "appId", "permission", "reason", "createdAt")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def flush(self) -> None:
         with self._lock:
@@ -151,6 +235,18 @@ class PermissionManager:
                 [(now, app_id, p, f"operator:{by}", state) for p in sorted(expanded)])
             self._effective.pop(app_id, None)
             return self._effective_of(app_id)
+
+    def _refresh_locked(self) -> bool:
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        requested: dict[str, frozenset[str]] = {}
+        for app_id, perm in self._db.execute("SELECT app_id, permission FROM requested"):
+            requested[app_id] = requested.get(app_id, frozenset()) | {perm}
+        self._requested = requested
+        self._effective.clear()
+        return True
 
     def _effective_of(self, app_id: str) -> frozenset[str]:
         cached = self._effective.get(app_id)

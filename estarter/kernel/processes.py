@@ -1,0 +1,59 @@
+"""``process.*`` and ``system.shutdown``: apps starting and stopping other apps.
+
+An app launches installed apps by id only (never a host path), and the launched
+app gets exactly what the operator granted it before: a launcher cannot pass on
+its own permissions or grant new ones.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidParams
+from .router import CallContext, opt, req
+
+if TYPE_CHECKING:
+    from .core import Kernel
+
+_APP_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TERMINATE_GRACE_SECONDS = 5.0
+
+
+def _app_id(params: dict[str, Any]) -> str:
+    app_id = req(params, "appId")
+    if not _APP_ID.match(app_id):
+        raise InvalidParams(f"{app_id!r} is not an app id", {"param": "appId"})
+    return str(app_id)
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in ("appId", "state", "pid", "node", "startedAt")}
+
+
+def register(kernel: Kernel) -> None:
+    add = kernel.router.add
+
+    def launch(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        rec = kernel.launch(_app_id(p), grants=None, grant_all=False)
+        kernel.events.append("process.launch", ctx.app_id, target=rec["appId"])
+        return _row(rec)
+
+    def terminate(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        grace = float(opt(p, "graceSeconds", (int, float), TERMINATE_GRACE_SECONDS))
+        rec = kernel.stop(_app_id(p), max(0.0, min(grace, 30.0)))
+        return _row(rec)
+
+    def shutdown(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        # Answer first, then stop everything (the caller is among the apps stopped).
+        kernel.events.append("system.shutdown", ctx.app_id)
+        threading.Thread(target=kernel.system_shutdown, daemon=True,
+                         name="estarter-system-shutdown").start()
+        return {}
+
+    add("process.launch", "process.launch", launch)
+    add("process.terminate", "process.kill", terminate)
+    add("process.list", "system.info", lambda c, p: [_row(r) for r in kernel.list_apps()])
+    add("process.info", "system.info", lambda c, p: _row(kernel.app_info(_app_id(p))))
+    add("system.shutdown", "admin", shutdown)
