@@ -435,6 +435,16 @@ class Kernel:
     def ping(self) -> bool:
         return True
 
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot for operators and tests: inbox totals and this process's RSS."""
+        import dataclasses
+
+        import psutil
+
+        return {"ipc": dataclasses.asdict(self.ipc.statistics()),
+                "rssBytes": psutil.Process().memory_info().rss,
+                "socketConnections": self.socket.connections() if self.socket else 0}
+
     def _record(self, app_id: str) -> AppRecord:
         with self._lock:
             rec = self._apps.get(app_id)
