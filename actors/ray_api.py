@@ -114,9 +114,11 @@ class SyncProxy:
     """Calls a Ray actor's methods as if they were local: ``proxy.m(x)`` is
     ``get(handle.m.remote(x))``, errors translated."""
 
-    def __init__(self, handle: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, handle: Any, timeout: float = DEFAULT_TIMEOUT,
+                 group: str | None = None) -> None:
         self._handle = handle
         self._timeout = timeout
+        self._group = group
 
     @property
     def handle(self) -> Any:
@@ -124,6 +126,8 @@ class SyncProxy:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._handle, name)
+        if self._group is not None:
+            method = method.options(concurrency_group=self._group)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return get(method.remote(*args, **kwargs), self._timeout)

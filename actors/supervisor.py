@@ -7,21 +7,37 @@ from pathlib import Path
 from typing import Any
 
 from estarter.policy import SandboxPolicy
+from estarter.protocol.kernel_wire import decode_reply, encode_call
 from estarter.supervision import Supervisor
 
 from . import ray_api
-from .options import KERNEL_NAME, SUPERVISOR_OPTIONS
+from .options import BLOCKING, BLOCKING_METHODS, KERNEL_NAME, SUPERVISOR_OPTIONS
 
 
 class RayKernelPort:
-    """The supervisor's view of the kernel actor. Reports are fire-and-forget: Ray
-    keeps their order per caller, and none of them may block the app's threads."""
+    """The supervisor's view of the kernel actor. Quick calls are answered on the
+    calling thread (the app's reader): a blocking ``get`` is the cheapest way to
+    wait for Ray. Calls that may wait go out as futures, so the reader stays free.
+    Reports are fire-and-forget: Ray keeps their order per caller, and none of them
+    may block the app's threads."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
+        self._blocking = kernel.call.options(concurrency_group=BLOCKING)
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
-        return ray_api.future(self.kernel.handle.remote(app_id, method, params))
+        payload = encode_call(app_id, method, params)
+        if method in BLOCKING_METHODS:
+            out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            ray_api.future(self._blocking.remote(payload)).add_done_callback(
+                lambda f: _settle(out, f))
+            return out
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            done.set_result(decode_reply(ray_api.get(self.kernel.call.remote(payload))))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         self.kernel.app_running.remote(app_id, run_id, info)
@@ -31,6 +47,14 @@ class RayKernelPort:
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         self.kernel.app_exited.remote(app_id, run_id, exit_info)
+
+
+def _settle(out: concurrent.futures.Future[Any],
+            reply: concurrent.futures.Future[Any]) -> None:
+    try:
+        out.set_result(decode_reply(reply.result()))
+    except Exception as exc:
+        out.set_exception(exc)
 
 
 class SupervisorShell:

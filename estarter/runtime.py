@@ -71,11 +71,12 @@ class Runtime:
             kernel, spawner = local_kernel(root, strict=strict)
             return cls(kernel, root, True, owned=spawner)
         from actors import get_or_create_kernel, ray_api
+        from actors.options import BLOCKING
 
         started_ray = not ray_api.is_initialized()
         ray_api.init(address or os.environ.get("ESTARTER_RAY_ADDRESS"))
         handle, created = get_or_create_kernel(root, strict=strict)
-        return cls(ray_api.SyncProxy(handle), root, False,
+        return cls(ray_api.SyncProxy(handle, group=BLOCKING), root, False,
                    owned=(handle, created, started_ray))
 
     # -- apps ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -109,6 +110,7 @@ class ProcessHost:
         self._end_cause: tuple[ExitReason, str] | None = None  # why *we* ended it
         self._out: queue.Queue[bytes | None] = queue.Queue()
         self._out_bytes = 0
+        self._stdin_fd: int | None = None  # set while direct writes are possible
         self._dropped_notifications = 0
         self._log_limiter = _RateLimiter(LOG_LINES_PER_SECOND, LOG_BURST)
         self._started_at: float | None = None
@@ -237,6 +239,9 @@ class ProcessHost:
             self._spawned.set()
             return
         self._proc = proc
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)
+        self._stdin_fd = proc.stdin.fileno()
         self._started_at = time.time()
         self._limits.started(proc.pid)
         self._state = HostState.RUNNING
@@ -356,13 +361,19 @@ class ProcessHost:
             try:
                 view = memoryview(chunk)
                 while view:
-                    n = os.write(fd, view)
+                    try:
+                        n = os.write(fd, view)
+                    except BlockingIOError:
+                        select.select([], [fd], [], 1.0)  # the app is slow to read
+                        continue
                     view = view[n:]
             except OSError:
                 break  # the app closed its stdin or exited; the owner reports the exit
             finally:
                 with self._lock:
                     self._out_bytes -= len(chunk)
+        with self._lock:
+            self._stdin_fd = None
         try:
             proc.stdin.close()
         except OSError:
@@ -371,17 +382,29 @@ class ProcessHost:
     # -- endpoint plumbing -----------------------------------------------------
 
     def _send(self, obj: Any) -> None:
+        """Queue one message for the app. Fast path: with nothing queued, write it
+        now (stdin is non-blocking); whatever does not fit goes to the writer."""
         frame = encode_frame(obj)
         with self._lock:
             if self._exit is not None:
                 return
+            if self._out_bytes == 0 and self._stdin_fd is not None:
+                try:
+                    n = os.write(self._stdin_fd, frame)
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    return  # the app closed its stdin; the owner reports the exit
+                if n == len(frame):
+                    return
+                frame = frame[n:]
             self._out_bytes += len(frame)
             over = self._out_bytes > self._max_out
+            if not over:
+                self._out.put(frame)
         if over:
             self._end(ExitReason.PROTOCOL_VIOLATION,
                       f"app does not read its stdin ({self._max_out} bytes pending)")
-            return
-        self._out.put(frame)
 
     def _dispatch(self, method: str, params: Any) -> Any:
         return self.ctx.api(method, params)

@@ -1,0 +1,57 @@
+"""Run every benchmark (or those named) and print ratios against their targets.
+
+    python -m benchmarks                 # all
+    python -m benchmarks native wasm    # some: native wasm limits fs cluster
+    python -m benchmarks --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from typing import Any
+
+MODULES = ["native", "fs", "wasm", "limits", "cluster"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(MODULES)}")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+
+    def report(name: str, ours: float, baseline: float, target: float | None,
+               unit: str) -> None:
+        ratio = ours / baseline if baseline else float("inf")
+        ok = "" if target is None else ("ok" if ratio <= target else "MISSED")
+        rows.append({"name": name, "ours": ours, "baseline": baseline, "ratio": ratio,
+                     "target": target, "unit": unit, "verdict": ok})
+        tgt = "" if target is None else f"<= {target:g}x"
+        print(f"{name:58s} ours {ours:10.4g} {unit:3s} base {baseline:10.4g} {unit:3s} "
+              f"ratio {ratio:6.2f}x {tgt:8s} {ok}", flush=True)
+
+    failed = 0
+    for name in args.names or MODULES:
+        try:
+            module = importlib.import_module(f"benchmarks.bench_{name}")
+        except ModuleNotFoundError:
+            print(f"-- {name}: not available", flush=True)
+            continue
+        print(f"-- {name}", flush=True)
+        try:
+            module.run(report)
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

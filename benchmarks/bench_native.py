@@ -1,0 +1,163 @@
+"""DESIGN targets 1 and 3, for hosted native (python-runtime) apps on a local Ray.
+
+1. API round trip of a hosted app (``system.ping`` from inside the app, through its
+   supervisor actor to the kernel actor and back) vs a raw Ray actor call from the
+   driver to an actor with an empty method: <= 1.3x.
+3. Launch to first answered API call (from ``Runtime.launch`` until the app holds
+   the answer of its first call) vs a bare spawn of the same script that exchanges
+   one frame with its parent over a pipe: <= 1.5x.
+
+Run: ``python -m benchmarks.bench_native``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Report = Callable[[str, float, float, "float | None", str], None]
+PINGS = 2000
+LAUNCHES = 7
+
+PING_APP = """
+import json, time
+from sdk import EStarterClient
+client = EStarterClient.connect()
+for _ in range(200):
+    client.call("system.ping")
+samples = []
+for _ in range(N):
+    t0 = time.perf_counter()
+    client.call("system.ping")
+    samples.append(time.perf_counter() - t0)
+samples.sort()
+client.ui.notify("result", json.dumps({"median": samples[len(samples) // 2]}))
+"""
+
+# The same script serves both sides of target 3: hosted, it answers through estarter;
+# with BASELINE set, it exchanges one frame with the parent that spawned it.
+FIRST_CALL_APP = """
+import os, sys, time, json
+from sdk import EStarterClient
+if os.environ.get("BASELINE"):
+    from sdk._wire import encode_frame, read_frame
+    out = os.fdopen(1, "wb", buffering=0)
+    out.write(encode_frame({"jsonrpc": "2.0", "id": 1, "method": "system.ping"}))
+    read_frame(sys.stdin.buffer)
+    os.write(2, repr(time.time()).encode())
+    sys.exit(0)
+client = EStarterClient.connect()
+client.call("system.ping")
+t = time.time()
+client.ui.notify("first", repr(t))
+"""
+
+
+def _write_app(root: Path, app_id: str, source: str) -> Path:
+    folder = root / app_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(textwrap.dedent(source))
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": app_id, "runtime": "python", "entry": "app.py"}))
+    return folder
+
+
+def _raw_ray_call_median(n: int) -> float:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ping(self) -> bool:
+            return True
+
+    actor = Echo.remote()  # type: ignore[attr-defined]
+    ray.get(actor.ping.remote())
+    for _ in range(200):
+        ray.get(actor.ping.remote())
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(actor.ping.remote())
+        samples.append(time.perf_counter() - t0)
+    ray.kill(actor)
+    return statistics.median(samples)
+
+
+def _bare_first_call(folder: Path) -> float:
+    from sdk._wire import encode_frame, read_frame
+
+    env = {"PATH": "/usr/bin:/bin", "BASELINE": "1"}
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-E", "-s", "-B", str(folder / "app.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=folder)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        read_frame(proc.stdout)
+        proc.stdin.write(encode_frame({"jsonrpc": "2.0", "id": 1, "result": {}}))
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=30)
+        return float(err.decode().strip().splitlines()[-1]) - t0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _result(rt: Any, app_id: str, title: str) -> str:
+    for note in reversed(rt.notifications(1000)):
+        if note["appId"] == app_id and note["title"] == title:
+            return str(note["message"])
+    raise RuntimeError(f"{app_id} reported nothing")
+
+
+def run(report: Report) -> None:
+    import ray
+
+    from estarter.runtime import Runtime
+
+    if not ray.is_initialized():
+        ray.init(address="local", namespace="estarter", include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rt = Runtime.start(home=root / "home")
+        try:
+            ping = _write_app(root, "bench-ping", PING_APP.replace("N)", f"{PINGS})"))
+            handle = rt.launch(ping)
+            handle.wait(timeout=300)
+            ours = json.loads(_result(rt, "bench-ping", "result"))["median"]
+            base = _raw_ray_call_median(PINGS)
+            report("target 1: hosted system.ping vs raw Ray actor call", ours * 1e3,
+                   base * 1e3, 1.3, "ms")
+
+            first = _write_app(root, "bench-first", FIRST_CALL_APP)
+            ours_s, base_s = [], []
+            for _ in range(LAUNCHES):
+                t0 = time.time()
+                handle = rt.launch(first)
+                handle.wait(timeout=60)
+                ours_s.append(float(_result(rt, "bench-first", "first")) - t0)
+                base_s.append(_bare_first_call(first))
+            report("target 3: launch to first answered call vs bare spawn + echo",
+                   statistics.median(ours_s) * 1e3, statistics.median(base_s) * 1e3, 1.5,
+                   "ms")
+        finally:
+            rt.shutdown()
+
+
+if __name__ == "__main__":
+    def _print(name: str, ours: float, base: float, target: float | None, unit: str) -> None:
+        print(f"{name}: ours {ours:.3f} {unit}, baseline {base:.3f} {unit}, "
+              f"ratio {ours / base:.2f}x (target {target}x)")
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run(_print)
