@@ -6,6 +6,7 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
+from estarter.errors import LaunchError, NotFound
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import decode_reply, encode_call
 from estarter.supervision import Supervisor
@@ -58,29 +59,56 @@ def _settle(out: concurrent.futures.Future[Any],
 
 
 class SupervisorShell:
-    def __init__(self, policy: SandboxPolicy, run_id: int, home: str) -> None:
-        kernel = ray_api.get_actor(KERNEL_NAME)
-        self.sup = Supervisor(policy, run_id, RayKernelPort(kernel), Path(home),
-                              node=ray_api.node_ip())
-        self.node_id = ray_api.node_id()
+    """Created idle, so a pool can keep one warm (worker process started, modules
+    imported, kernel handle looked up); ``start`` gives it its app."""
 
-    def start(self) -> dict[str, Any]:
+    def __init__(self) -> None:
+        from estarter.hosting import factory, process_host  # noqa: F401  (warm imports)
+
+        self.kernel = ray_api.get_actor(KERNEL_NAME)
+        self.node_ip = ray_api.node_ip()
+        self.node_id = ray_api.node_id()
+        self.sup: Supervisor | None = None
+
+    def ready(self) -> str:
+        return self.node_id
+
+    def start(self, policy: SandboxPolicy, run_id: int, home: str) -> dict[str, Any]:
+        if self.sup is not None:
+            raise LaunchError("this supervisor already runs an app")
+        self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel), Path(home),
+                              node=self.node_ip)
         return {**self.sup.start(), "nodeId": self.node_id}
 
     def stop(self, grace: float) -> dict[str, Any]:
-        return self.sup.stop(grace)
+        return self._sup().stop(grace)
 
     def wait(self, timeout: float | None) -> dict[str, Any] | None:
-        return self.sup.wait(timeout)
+        return self._sup().wait(timeout)
 
     def notify(self, method: str, params: Any) -> None:
-        self.sup.notify(method, params)
+        self._sup().notify(method, params)
 
     def info(self) -> dict[str, Any]:
-        return self.sup.info()
+        return self._sup().info()
 
     def close(self) -> None:
-        self.sup.close()
+        if self.sup is not None:
+            self.sup.close()
+
+    def reset(self) -> bool:
+        """Forget a finished app so this warm worker can take the next one."""
+        if self.sup is not None:
+            if self.sup.wait(0) is None:
+                return False  # still running: not reusable
+            self.sup.close()
+            self.sup = None
+        return True
+
+    def _sup(self) -> Supervisor:
+        if self.sup is None:
+            raise NotFound("this supervisor has no app yet")
+        return self.sup
 
 
 SupervisorActor = ray_api.remote(SupervisorShell, SUPERVISOR_OPTIONS)
