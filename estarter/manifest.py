@@ -134,7 +134,8 @@ def parse_manifest(raw: bytes | str, source: str = MANIFEST_NAME) -> AppManifest
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: must be a JSON object")
     try:
-        return AppManifest.model_validate(data)
+        # Strict: "64" is not a number and "no" is not a boolean in a manifest.
+        return AppManifest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise _manifest_error(exc, source) from None
 
