@@ -130,7 +130,7 @@ def test_load_checks_entry_symlink_stays_inside(tmp_path: Path) -> None:
 
 
 def test_load_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match=r"no manifest\.json"):
         load_manifest(tmp_path)
 
 
