@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import platform
 import socket
 import threading
 import time
@@ -18,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
 from ..errors import Busy, EstarterError, NotFound, PermissionDenied
 from ..hosting.base import ExitInfo, ExitReason, HostState
 from ..manifest import AppManifest, load_manifest
@@ -29,7 +26,7 @@ from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
 from .ipc import Ipc
 from .permissions import PermissionManager
 from .registry import Registry
-from .router import CallContext, Router, as_params, opt, req
+from .router import CallContext, Router, as_params
 from .socket_server import Connection, SocketServer
 from .tokens import TokenStore
 from .ui import Clipboard, Notifications
@@ -142,7 +139,6 @@ class Kernel:
         self.socket: SocketServer | None = None
         self._serve_socket = serve_socket
         permissions.clear_requests()
-        self._add_core_methods()
         services.register(self)
         self.start_services()
 
@@ -156,44 +152,6 @@ class Kernel:
                 app_id, entry.permission, method):
             raise PermissionDenied.for_permission(entry.permission, method)
         return entry.handler(CallContext(app_id), p)
-
-    def _add_core_methods(self) -> None:
-        add = self.router.add
-        add("system.ping", None, lambda c, p: {"pong": True, "time": self.clock()})
-        add("system.time", None, lambda c, p: {"unixMs": int(self.clock() * 1000)})
-        add("system.info", "system.info", self._system_info)
-        add("permission.check", None, self._permission_check)
-        add("permission.list", None,
-            lambda c, p: {"granted": sorted(self.permissions.granted(c.app_id))})
-        add("ui.notify", "ui.notification", self._notify)
-        add("log", None, self._log)
-
-    def _system_info(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
-        import psutil  # imported here: only system.info needs it
-
-        return {
-            "os": f"{platform.system()} {platform.release()}",
-            "cpus": os.cpu_count() or 1,
-            "memoryBytes": psutil.virtual_memory().total,
-            "version": __version__,
-            "node": self.node,
-        }
-
-    def _permission_check(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
-        name = req(params, "permission")
-        return {"granted": name in self.permissions.granted(ctx.app_id)}
-
-    def _notify(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
-        note = self.notices.add(ctx.app_id, req(params, "title"), req(params, "message"),
-                                opt(params, "level", str, "info"))
-        self.events.append("notification", ctx.app_id, id=note["id"], title=note["title"],
-                           message=note["message"], level=note["level"])
-        return {"id": note["id"]}
-
-    def _log(self, ctx: CallContext, params: dict[str, Any]) -> None:
-        level = opt(params, "level", str, "info")
-        message = req(params, "message")
-        self.app_logs(ctx.app_id, [(level if level in LOG_LEVELS else "info", message[:8192])])
 
     # -- supervisors report here -----------------------------------------------
 

@@ -1,10 +1,13 @@
-"""The kernel methods served by the service classes: fs.*, registry.*, ipc.*, ui.*,
-permission.request. Each handler only unpacks params; the class does the work."""
+"""The kernel's method table: system.*, permission.*, ui.*, fs.*, registry.*, ipc.*
+(process.* in processes.py). Each handler only unpacks params; the class does the work."""
 
 from __future__ import annotations
 
+import os
+import platform
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from . import processes
 from .router import CallContext, opt, req
 
@@ -12,9 +15,50 @@ if TYPE_CHECKING:
     from .core import Kernel
 
 Params = dict[str, Any]
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def register(kernel: Kernel) -> None:
+    _register_system(kernel)
+    _register_services(kernel)
+    processes.register(kernel)
+
+
+def _register_system(kernel: Kernel) -> None:
+    add = kernel.router.add
+
+    def system_info(c: CallContext, p: Params) -> Any:
+        import psutil  # imported here: only system.info needs it
+
+        return {"os": f"{platform.system()} {platform.release()}",
+                "cpus": os.cpu_count() or 1, "memoryBytes": psutil.virtual_memory().total,
+                "version": __version__, "node": kernel.node}
+
+    def notify(c: CallContext, p: Params) -> Any:
+        note = kernel.notices.add(c.app_id, req(p, "title"), req(p, "message"),
+                                  opt(p, "level", str, "info"))
+        kernel.events.append("notification", c.app_id, id=note["id"], title=note["title"],
+                             message=note["message"], level=note["level"])
+        return {"id": note["id"]}
+
+    def log(c: CallContext, p: Params) -> None:
+        level = opt(p, "level", str, "info")
+        kernel.app_logs(c.app_id, [(level if level in LOG_LEVELS else "info",
+                                    req(p, "message")[:8192])])
+
+    add("system.ping", None, lambda c, p: {"pong": True, "time": kernel.clock()})
+    add("system.time", None, lambda c, p: {"unixMs": int(kernel.clock() * 1000)})
+    add("system.info", "system.info", system_info)
+    add("permission.check", None, lambda c, p: {
+        "granted": req(p, "permission") in kernel.permissions.granted(c.app_id)})
+    add("permission.list", None,
+        lambda c, p: {"granted": sorted(kernel.permissions.granted(c.app_id))})
+    add("permission.request", None, lambda c, p: kernel.lifecycle.request(c.app_id, p))
+    add("ui.notify", "ui.notification", notify)
+    add("log", None, log)
+
+
+def _register_services(kernel: Kernel) -> None:
     add = kernel.router.add
     vfs, reg, ipc = kernel.vfs, kernel.registry, kernel.ipc
 
@@ -67,5 +111,3 @@ def register(kernel: Kernel) -> None:
     add("ui.clipboard.get", "ui.clipboard", lambda c, p: kernel.clipboard.get())
     add("ui.clipboard.set", "ui.clipboard",
         lambda c, p: kernel.clipboard.set(req(p, "text")))
-    add("permission.request", None, lambda c, p: kernel.lifecycle.request(c.app_id, p))
-    processes.register(kernel)
