@@ -1,0 +1,5 @@
+"""``python -m estarter`` is the ``estarter`` command."""
+
+from .cli import main
+
+main()
