@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import logging.handlers
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +46,17 @@ class KernelPort(Protocol):
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None: ...
 
 
+# RestartRules fields and the environment variables that override their defaults
+# (tests use them to make supervision run in seconds; an operator may tune them).
+RESTART_ENV = {
+    "initial_delay": "ESTARTER_RESTART_INITIAL_DELAY",
+    "max_delay": "ESTARTER_RESTART_MAX_DELAY",
+    "stable_after": "ESTARTER_RESTART_STABLE_AFTER",
+    "max_restarts": "ESTARTER_RESTART_MAX_RESTARTS",
+    "window": "ESTARTER_RESTART_WINDOW",
+}
+
+
 @dataclass(frozen=True)
 class RestartRules:
     """Exponential backoff with an OTP-style intensity limit."""
@@ -56,6 +69,40 @@ class RestartRules:
 
     def delay(self, consecutive: int) -> float:
         return float(min(self.max_delay, self.initial_delay * (2 ** max(0, consecutive - 1))))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RestartRules:
+        """The defaults, overridden by ``ESTARTER_RESTART_*``; raises ValueError
+        naming the variable when one is not a number >= 0."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, var in RESTART_ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                value = int(raw) if name == "max_restarts" else float(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a number") from None
+            if value < 0:
+                raise ValueError(f"{var}={raw!r} must be >= 0")
+            values[name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+def start_timer(delay: float, action: Callable[[], None]) -> Cancellable:
+    """Run ``action`` on its own daemon thread after ``delay`` seconds."""
+    timer = threading.Timer(delay, action)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class _AppLog:
@@ -76,6 +123,10 @@ class _AppLog:
         self._logger.log(_LEVELS.get(level, logging.INFO), message)
         with self._lock:
             self._pending.append((level, message))
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     def take(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -99,6 +150,7 @@ class Supervisor:
         host_factory: Callable[[SandboxPolicy, HostContext], AppHost] = create_host,
         rules: RestartRules | None = None,
         clock: Callable[[], float] = time.monotonic,
+        schedule: Callable[[float, Callable[[], None]], Cancellable] | None = None,
         flush_interval: float = 0.05,
     ) -> None:
         self.policy = policy
@@ -110,15 +162,18 @@ class Supervisor:
         self.rules = rules or RestartRules()
         self._factory = host_factory
         self._clock = clock
+        self._schedule = schedule or start_timer
         self._lock = threading.RLock()
         self._host: AppHost | None = None
         self._host_started = 0.0
-        self._restarts: collections.deque[float] = collections.deque()
+        self._restarts: collections.deque[float] = collections.deque()  # in the window
+        self._total_restarts = 0
         self._consecutive = 0
         self._stopping = False
         self._final: dict[str, Any] | None = None
         self._final_event = threading.Event()
-        self._restart_timer: threading.Timer | None = None
+        self._restart_timer: Cancellable | None = None
+        self._restart_at: float | None = None  # set while waiting out a backoff
         self._log = _AppLog(log_file(self.home, self.app_id), self.app_id)
         self._flush_interval = flush_interval
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
@@ -145,13 +200,18 @@ class Supervisor:
         """Ask, wait ``grace``, kill, reap; no restart after. Returns the final exit."""
         with self._lock:
             self._stopping = True
-            if self._restart_timer is not None:
-                self._restart_timer.cancel()
+            timer, self._restart_timer = self._restart_timer, None
+            if timer is not None:
+                timer.cancel()
             host = self._host
-        if host is not None:
-            host.stop(grace)
-        else:  # between restarts: nothing runs
+            between = host is None or self._restart_at is not None
+        if between:  # waiting out a backoff: nothing runs, so nothing reports an exit
             self._finalize(ExitInfo(None, ExitReason.STOPPED, "stopped between restarts"))
+        else:
+            # If a restart is starting a new host right now, this stops the old (ended)
+            # one; _start_host sees _stopping once the new one runs and stops it.
+            assert host is not None
+            host.stop(grace)
         self._final_event.wait(15)
         return self._final or ExitInfo(None, ExitReason.STOPPED, "stop pending").to_dict()
 
@@ -169,7 +229,8 @@ class Supervisor:
         host = self._host
         base = host.info() if host is not None else {"appId": self.app_id, "state": "starting"}
         return {**base, "node": self.node, "runId": self.run_id,
-                "restarts": len(self._restarts), "final": self._final}
+                "restarts": self._total_restarts, "restartAt": self._restart_at,
+                "restartPolicy": self.policy.restart.value, "final": self._final}
 
     def close(self) -> None:
         """Stop the app if it runs and release everything. Idempotent."""
@@ -196,7 +257,11 @@ class Supervisor:
         with self._lock:
             self._host = host
             self._host_started = self._clock()
+            self._restart_at = None
         host.start()
+        if self._stopping:  # stop() arrived while this (re)start was under way
+            host.stop(0)
+            return
         if host.state is HostState.RUNNING:
             self.kernel.running(self.app_id, self.run_id,
                                 {"pid": host.pid, "node": self.node})
@@ -218,10 +283,8 @@ class Supervisor:
         with self._lock:
             if self._stopping:
                 return
-            timer = threading.Timer(delay, self._restart)
-            timer.daemon = True
-            self._restart_timer = timer
-            timer.start()
+            self._restart_at = time.time() + delay
+            self._restart_timer = self._schedule(delay, self._restart)
 
     def _decide(self, info: ExitInfo) -> tuple[float, bool] | None:
         """None: the end. Else (delay, gave_up)."""
@@ -242,6 +305,7 @@ class Supervisor:
                                          f"{self.rules.window:.0f} s: giving up")
                 return (0.0, True)
             self._restarts.append(now)
+            self._total_restarts += 1
             self._consecutive += 1
             return (self.rules.delay(self._consecutive), False)
 
@@ -263,7 +327,8 @@ class Supervisor:
             if self._final is not None:
                 return
             self._final = {**info.to_dict(), "failed": failed,
-                           "restarts": len(self._restarts)}
+                           "restarts": self._total_restarts}
+            self._restart_at = None
         self._flush()
         try:
             self.kernel.exited(self.app_id, self.run_id, self._final)
@@ -280,6 +345,10 @@ class Supervisor:
                             [:8192])
             fut.set_result(None)
             return fut
+        if self._log.pending:
+            # Send what the app logged before this call first, so a reader of the
+            # event stream sees the app's lines and its calls in the order they happened.
+            self._flush()
         return self.kernel.call(self.app_id, method, params)
 
     def _flush(self) -> None:
