@@ -41,6 +41,17 @@ def test_run_json_on_embedded_ray(tmp_path: Path) -> None:
     check_hello(estarter("run", str(SAMPLE), "--json", home=tmp_path / "home"))
 
 
+@pytest.mark.parametrize("mode", [[], ["--local"]], ids=["ray", "local"])
+@pytest.mark.parametrize("sample", ["hello-wasm", "hello-wat"])
+def test_run_wasm_samples(tmp_path: Path, sample: str, mode: list[str]) -> None:
+    proc = estarter("run", str(ROOT / "samples" / sample), "--json", *mode,
+                    home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    got = events(proc.stdout)
+    assert [e["appId"] for e in got if e["event"] == "notification"] == [sample]
+    assert (got[-1]["event"], got[-1]["code"], got[-1]["reason"]) == ("exit", 0, "exited")
+
+
 def test_run_packed_zip_locally(tmp_path: Path) -> None:
     packed = estarter("pack", str(SAMPLE), "-o", str(tmp_path / "hello.app.zip"),
                       home=tmp_path / "home")
