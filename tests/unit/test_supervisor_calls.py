@@ -1,0 +1,100 @@
+"""The supervisor's forwarding of an app's calls: waiting calls are capped per app."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estarter.errors import Busy
+from estarter.hosting.base import ExitInfo, ExitReason, HostContext, HostState
+from estarter.manifest import AppManifest
+from estarter.policy import SandboxPolicy
+from estarter.supervision import MAX_WAITING_CALLS, Supervisor
+
+
+class HeldKernel:
+    """A kernel port whose calls stay pending until the test settles them."""
+
+    def __init__(self) -> None:
+        self.pending: list[concurrent.futures.Future[Any]] = []
+        self.exits: list[dict[str, Any]] = []
+
+    def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending.append(fut)
+        return fut
+
+    def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
+        pass
+
+    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
+        pass
+
+    def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
+        self.exits.append(exit_info)
+
+
+class IdleHost:
+    """Runs nothing; keeps the context so the test can call as the app would."""
+
+    app_id = "t"
+    pid = None
+
+    def __init__(self, ctx: HostContext) -> None:
+        self.ctx = ctx
+        self.state = HostState.STARTING
+
+    def start(self) -> None:
+        self.state = HostState.RUNNING
+
+    def stop(self, grace: float = 5.0) -> ExitInfo:
+        info = ExitInfo(None, ExitReason.STOPPED)
+        self.state = HostState.EXITED
+        self.ctx.on_exit(info)
+        return info
+
+    def wait(self, timeout: float | None = None) -> ExitInfo | None:
+        return None
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state.value}
+
+    def close(self) -> None:
+        pass
+
+
+def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
+    hosts: list[IdleHost] = []
+
+    def factory(policy: SandboxPolicy, ctx: HostContext) -> IdleHost:
+        hosts.append(IdleHost(ctx))
+        return hosts[-1]
+
+    manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
+    kernel = HeldKernel()
+    sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
+                     host_factory=factory)  # type: ignore[arg-type]
+    sup.start()
+    try:
+        api = hosts[0].ctx.api
+        waiting = [api("ipc.receive", {"timeoutMs": 30000}) for _ in range(MAX_WAITING_CALLS)]
+        refused = api("ipc.receive", {"timeoutMs": 30000})
+        with pytest.raises(Busy):
+            refused.result(timeout=1)
+        quick = api("system.ping", {})  # quick calls are not counted
+        assert not quick.done() and len(kernel.pending) == MAX_WAITING_CALLS + 1
+        kernel.pending[0].set_result(None)  # one waiting call ends: room for another
+        assert waiting[0].result(timeout=1) is None
+        again = api("permission.request", {"permission": "fs.write"})
+        assert not again.done()
+    finally:
+        for fut in kernel.pending:
+            if not fut.done():
+                fut.set_result(None)
+        sup.close()
