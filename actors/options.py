@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from estarter.supervision import BLOCKING_METHODS as BLOCKING_METHODS
+
 NAMESPACE = "estarter"
 KERNEL_NAME = "estarter-kernel"
 
@@ -21,11 +23,8 @@ KERNEL_OPTIONS: dict[str, Any] = {
     "max_restarts": -1,
     "max_task_retries": 0,
 }
-# App methods that may wait: served in the BLOCKING group.
-BLOCKING_METHODS = frozenset({
-    "ipc.receive", "permission.request", "process.launch", "process.terminate",
-    "system.shutdown",
-})
+# App methods that may wait (BLOCKING_METHODS, the supervisor's list, which also
+# caps how many one app may have waiting at once) are served in the BLOCKING group.
 
 # One per app. A few threads: start/stop, info, notify and one long wait().
 SUPERVISOR_OPTIONS: dict[str, Any] = {

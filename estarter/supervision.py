@@ -20,13 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import EstarterError, RuntimeClosed
+from .errors import Busy, EstarterError, RuntimeClosed
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
 from .manifest import RestartPolicy
 from .paths import app_zones, log_file
 from .policy import SandboxPolicy
 
+# Kernel methods that may wait (for a message, the operator, another app's start);
+# served on the kernel's blocking threads, at most MAX_WAITING_CALLS per app at once.
+BLOCKING_METHODS = frozenset({
+    "ipc.receive", "permission.request", "process.launch", "process.terminate",
+    "system.shutdown",
+})
+MAX_WAITING_CALLS = 8
 LOG_BUFFER_LINES = 10000
 LOG_FILE_BYTES = 5 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
@@ -176,6 +183,7 @@ class Supervisor:
         self._restart_at: float | None = None  # set while waiting out a backoff
         self._log = _AppLog(log_file(self.home, self.app_id), self.app_id)
         self._flush_interval = flush_interval
+        self._waiting_calls = 0
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                          name=f"estarter-logs-{self.app_id}")
         self._closed = False
@@ -349,7 +357,24 @@ class Supervisor:
             # Send what the app logged before this call first, so a reader of the
             # event stream sees the app's lines and its calls in the order they happened.
             self._flush()
-        return self.kernel.call(self.app_id, method, params)
+        if method not in BLOCKING_METHODS:
+            return self.kernel.call(self.app_id, method, params)
+        # Calls that may wait hold a kernel thread each: one app must not be able to
+        # take them all (and starve every other app and the operator).
+        with self._lock:
+            if self._waiting_calls >= MAX_WAITING_CALLS:
+                busy: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                busy.set_exception(Busy(
+                    f"more than {MAX_WAITING_CALLS} waiting calls at once", {"method": method}))
+                return busy
+            self._waiting_calls += 1
+        fut = self.kernel.call(self.app_id, method, params)
+        fut.add_done_callback(self._waiting_call_done)
+        return fut
+
+    def _waiting_call_done(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._waiting_calls -= 1
 
     def _flush(self) -> None:
         lines = self._log.take()
