@@ -161,13 +161,20 @@ def test_sigkill_of_supervisor_worker_leaves_no_app_process(runtime: Runtime,
                                                            tmp_path: Path) -> None:
     marker = f"estarter-orphan-{os.getpid()}"
     src = f"""
-    import subprocess, time
+    import os, subprocess, time
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
+    if os.fork() == 0:  # a double-forked daemon in a session of its own
+        os.setsid()
+        if os.fork() == 0:
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(300)",
+                                      "{marker}-daemon"])
+        os._exit(0)
     report(started=True)
     time.sleep(300)
     """
     handle = runtime.launch(write_app(tmp_path, "orphan", src))
     assert wait_until(lambda: reports(runtime, "orphan"), 60)
+    assert wait_until(lambda: len(processes_with(marker)) == 2, 10)
     app_pid = handle.info()["host"]["pid"]
     import psutil
 
@@ -176,6 +183,6 @@ def test_sigkill_of_supervisor_worker_leaves_no_app_process(runtime: Runtime,
     assert "ray" in " ".join(psutil.Process(supervisor_pid).cmdline()).lower()
     os.kill(supervisor_pid, signal.SIGKILL)
     assert wait_until(lambda: not processes_with(marker) and not psutil.pid_exists(app_pid),
-                      5), "an app process outlived its supervisor"
+                      2), "an app process outlived its supervisor by 2 s"
     info = handle.wait(timeout=30)
     assert info is not None and info.reason is ExitReason.SUPERVISOR_LOST
