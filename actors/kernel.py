@@ -1,4 +1,12 @@
-"""The kernel actor, and the spawner that gives each app a supervisor actor."""
+"""The kernel actor, and the spawner that gives each app a supervisor actor.
+
+The kernel keeps durable app records (``estarter.state``). Ray restarts a dead
+kernel actor (``max_restarts=-1``) by running ``__init__`` again with the same
+arguments, so construction is also recovery: supervisors are detached and named,
+so the new kernel adopts those that still run their apps, sweeps the orphans of
+the old one (its warm pool, supervisors of stopped apps) and relaunches lost apps
+per their restart policy.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +15,66 @@ from pathlib import Path
 from typing import Any
 
 from estarter.errors import Busy, EstarterError
-from estarter.kernel.core import Kernel
+from estarter.kernel.core import Kernel, kernel_db
 from estarter.kernel.permissions import PermissionManager
 from estarter.paths import state_db
+from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import serve_call
+from estarter.state import AppRecords
+from estarter.supervision import RestartRules
 
 from . import ray_api
 from .options import KERNEL_OPTIONS
-from .spawner import RaySpawner
+from .spawner import RaySpawner, RaySupervisorPort
+from .supervisor import SupervisorActor, supervisor_prefix
 
 
 class KernelShell(Kernel):
     """The kernel, constructed inside its actor with Ray-backed supervisors."""
 
-    def __init__(self, home: str, strict: bool = False) -> None:
+    def __init__(self, home: str, strict: bool = False,
+                 rules: dict[str, Any] | None = None) -> None:
         from estarter.store import AppStore
 
         root = Path(home)
+        SupervisorActor.use_scope(root)
+        records = AppRecords(kernel_db(root))
+        keep = frozenset(r.supervisor for r in records.wanted() if r.supervisor)
+        # Before the new pool exists: every other supervisor of this home is an orphan.
+        ray_api.kill_named(supervisor_prefix(root), keep=keep)
         spawner = RaySpawner(root)
+        spawner.rules = RestartRules(**rules) if rules else None
         super().__init__(root, PermissionManager(state_db(root)), spawner, AppStore(root),
-                         node=ray_api.node_ip(), strict=strict)
+                         node=ray_api.node_ip(), strict=strict, records=records)
         spawner.on_running = self.app_running
         spawner.on_exited = self.app_exited
+        self.recovery = self.recover(self._reattach)
+
+    def _reattach(self, name: str, app_id: str, run_id: int
+                ) -> tuple[RaySupervisorPort, dict[str, Any], SandboxPolicy] | None:
+        """The supervisor ``name`` if it still runs ``run_id`` of ``app_id``."""
+        try:
+            handle = ray_api.get_actor(name)
+            info = ray_api.get(handle.info.remote(), timeout=30)
+            policy = ray_api.get(handle.policy.remote(), timeout=30)
+        except EstarterError:
+            return None
+        if info.get("runId") != run_id or info.get("appId") != app_id:
+            return None
+        assert isinstance(self.spawner, RaySpawner)
+        port = self.spawner.watch(handle, app_id, run_id, str(info.get("nodeId", "")))
+        return port, info, policy
+
+    def release(self, grace: float = 2.0, keep_wanted: bool = False) -> list[str]:
+        """Stop the apps, then kill every supervisor of this home (detached: nothing
+        else would). Returns the names killed. For ``down`` and Runtime.shutdown."""
+        self.shutdown(grace, keep_wanted=keep_wanted)
+        assert isinstance(self.spawner, RaySpawner)
+        self.spawner.close()
+        return ray_api.kill_named(supervisor_prefix(self.home))
+
+    def recovery_report(self) -> dict[str, Any]:
+        return dict(self.recovery)
 
     def call(self, payload: bytes) -> bytes:
         """The hot path of every app's API call (see estarter.protocol.kernel_wire)."""
@@ -42,8 +88,8 @@ class KernelShell(Kernel):
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
 
 
-def get_or_create_kernel(home: Path, strict: bool = False,
-                         detached: bool = False) -> tuple[Any, bool]:
+def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = False,
+                         rules: RestartRules | None = None) -> tuple[Any, bool]:
     """The named kernel actor and whether this call created it.
 
     A live kernel of another home is replaced when it runs no app (one left
@@ -66,7 +112,8 @@ def get_or_create_kernel(home: Path, strict: bool = False,
     opts: dict[str, Any] = {"get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    handle = KernelActor.options(**opts).remote(str(home), strict)
+    handle = KernelActor.options(**opts).remote(
+        str(home), strict, rules.to_dict() if rules is not None else None)
     ray_api.get(handle.ping.remote(), timeout=120)
     return handle, True
 

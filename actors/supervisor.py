@@ -1,18 +1,38 @@
-"""The supervisor actor: a Supervisor wired to the kernel actor through Ray."""
+"""The supervisor actor: a Supervisor wired to the kernel actor through Ray.
+
+Supervisors are **detached** and **named** ``estarter-sup-<home key>-<token>``: they
+must outlive a kernel actor that dies (their apps keep running, and the restarted
+kernel finds them again by the names in its app records), and whoever ends a
+runtime sweeps them by that prefix (``supervisor_prefix``).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from estarter.errors import LaunchError, NotFound
+from estarter.errors import ActorUnavailable, LaunchError, NotFound
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import decode_reply, encode_call
-from estarter.supervision import Supervisor
+from estarter.state import home_key
+from estarter.supervision import RestartRules, Supervisor
 
 from . import ray_api
 from .options import BLOCKING, BLOCKING_METHODS, KERNEL_NAME, SUPERVISOR_OPTIONS
+
+# How long an app's call keeps being resubmitted while the kernel actor is dead or
+# being restarted by Ray (a restart takes a few seconds here).
+KERNEL_RETRY_SECONDS = float(os.environ.get("ESTARTER_KERNEL_RETRY_SECONDS", "60"))
+_RETRY_INTERVAL = 0.1
+
+
+def supervisor_prefix(home: str | os.PathLike[str]) -> str:
+    return f"estarter-sup-{home_key(home)}-"
 
 
 class RayKernelPort:
@@ -22,26 +42,61 @@ class RayKernelPort:
     Reports are fire-and-forget: Ray keeps their order per caller, and none of them
     may block the app's threads."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, actor_name: str = "",
+                 retry_for: float = KERNEL_RETRY_SECONDS) -> None:
         self.kernel = kernel
+        self.actor_name = actor_name
+        self.retry_for = retry_for
         self._blocking = kernel.call.options(concurrency_group=BLOCKING)
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        """Forward one call. While the kernel actor is dead or restarting the call is
+        resubmitted for up to ``retry_for`` seconds, so the app's next calls succeed
+        once Ray has restarted it.
+
+        A resubmitted call may be applied twice: the dead kernel may have served it
+        before it died, its answer lost. Idempotent methods do not care (reads,
+        fs.write without append, fs.mkdir, registry.set/delete, ipc.subscribe,
+        permission.*); for fs.write with ``append`` the text may be appended twice,
+        ipc.send / ipc.broadcast may deliver a message twice, ui.notify may show a
+        notification twice, fs.delete may answer NotFound for a file it did delete,
+        and process.launch may answer Busy for an app it did launch. Never retrying
+        would instead fail every call in flight, which apps cannot tell from a real
+        failure; at-least-once is the better default for an API whose state is on disk.
+        """
         payload = encode_call(app_id, method, params)
         if method in BLOCKING_METHODS:
             out: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            ray_api.future(self._blocking.remote(payload)).add_done_callback(
-                lambda f: _settle(out, f))
+            self._submit_blocking(payload, out, time.monotonic() + self.retry_for)
             return out
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
-            done.set_result(decode_reply(ray_api.get(self.kernel.call.remote(payload))))
+            reply = ray_api.call_retrying(self.kernel.call, (payload,), self.retry_for,
+                                          _RETRY_INTERVAL)
+            done.set_result(decode_reply(reply))
         except Exception as exc:
             done.set_exception(exc)
         return done
 
+    def _submit_blocking(self, payload: bytes, out: concurrent.futures.Future[Any],
+                         deadline: float) -> None:
+        def settle(reply: concurrent.futures.Future[Any]) -> None:
+            exc = reply.exception()
+            if isinstance(exc, ActorUnavailable) and time.monotonic() < deadline:
+                # Resubmit from a timer thread, never from Ray's callback thread.
+                timer = threading.Timer(_RETRY_INTERVAL, self._submit_blocking,
+                                        (payload, out, deadline))
+                timer.daemon = True
+                timer.start()
+                return
+            _settle(out, reply)
+
+        ray_api.future(self._blocking.remote(payload)).add_done_callback(settle)
+
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
-        self.kernel.app_running.remote(app_id, run_id, info)
+        # The name goes with every (re)start report, so the kernel's app record
+        # always names the supervisor to find again after a kernel restart.
+        self.kernel.app_running.remote(app_id, run_id, {**info, "actorName": self.actor_name})
 
     def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
         self.kernel.app_logs.remote(app_id, lines)
@@ -68,17 +123,24 @@ class SupervisorShell:
         self.kernel = ray_api.get_actor(KERNEL_NAME)
         self.node_ip = ray_api.node_ip()
         self.node_id = ray_api.node_id()
+        self.name = ray_api.actor_name()
         self.sup: Supervisor | None = None
 
     def ready(self) -> str:
         return self.node_id
 
-    def start(self, policy: SandboxPolicy, run_id: int, home: str) -> dict[str, Any]:
+    def start(self, policy: SandboxPolicy, run_id: int, home: str,
+              rules: RestartRules | None = None) -> dict[str, Any]:
         if self.sup is not None:
             raise LaunchError("this supervisor already runs an app")
-        self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel), Path(home),
-                              node=self.node_ip)
-        return {**self.sup.start(), "nodeId": self.node_id}
+        self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name),
+                              Path(home), node=self.node_ip,
+                              rules=rules or RestartRules.from_env())
+        return {**self.sup.start(), "nodeId": self.node_id, "actorName": self.name}
+
+    def policy(self) -> SandboxPolicy:
+        """The policy of the app it runs (a restarted kernel adopts it with this)."""
+        return self._sup().policy
 
     def stop(self, grace: float) -> dict[str, Any]:
         return self._sup().stop(grace)
@@ -90,7 +152,7 @@ class SupervisorShell:
         self._sup().notify(method, params)
 
     def info(self) -> dict[str, Any]:
-        return self._sup().info()
+        return {**self._sup().info(), "nodeId": self.node_id, "actorName": self.name}
 
     def close(self) -> None:
         if self.sup is not None:
@@ -111,4 +173,28 @@ class SupervisorShell:
         return self.sup
 
 
-SupervisorActor = ray_api.remote(SupervisorShell, SUPERVISOR_OPTIONS)
+class _DetachedNamed:
+    """``SupervisorActor``: like a Ray actor class, but every actor it creates is
+    detached and named under the current scope's prefix (see the module doc).
+
+    The scope is the kernel's home (``use_scope``), set once in the kernel actor's
+    process: the spawner creates supervisors with ``.remote()`` and
+    ``.options(...).remote()`` and need not know about names.
+    """
+
+    def __init__(self, cls: Any) -> None:
+        self._cls = cls
+        self.prefix = "estarter-sup-unscoped-"
+
+    def use_scope(self, home: str | os.PathLike[str]) -> None:
+        self.prefix = supervisor_prefix(home)
+
+    def options(self, **opts: Any) -> Any:
+        name = f"{self.prefix}{secrets.token_hex(6)}"
+        return self._cls.options(**{**opts, "name": name, "lifetime": "detached"})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.options().remote(*args, **kwargs)
+
+
+SupervisorActor = _DetachedNamed(ray_api.remote(SupervisorShell, SUPERVISOR_OPTIONS))

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from . import cli_apps, cli_kernel
+from .cli_apps import home_of
 from .errors import EstarterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -63,11 +65,18 @@ def run(
                       ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Run an app in the foreground and exit with its exit code."""
+    """Run an app in the foreground and exit with its exit code: on the runtime that
+    is up for this home if there is one, else on an embedded one."""
+    from .daemon import reachable, read_runtime
     from .runtime import Runtime
 
     try:
-        rt = Runtime.start(local=local, address=address, home=home, strict=strict)
+        root = home_of(home)
+        info = None if local or address else read_runtime(root)
+        if info is not None and reachable(info.address):
+            rt = Runtime.connect(root)
+        else:
+            rt = Runtime.start(local=local, address=address, home=root, strict=strict)
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
@@ -151,6 +160,10 @@ def manifest_check(folder: Annotated[Path, typer.Argument(help="App folder")]) -
     except EstarterError as exc:
         raise fail(str(exc)) from None
     out.print(json.dumps(manifest.to_json(), indent=2), markup=False)
+
+
+cli_apps.mount(app)
+cli_kernel.mount(app)
 
 
 def main() -> None:

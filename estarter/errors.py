@@ -171,6 +171,11 @@ class RuntimeClosed(EstarterError):
     code = OTHER
 
 
+class ActorUnavailable(NotFound):
+    """A Ray actor (the kernel, a supervisor) is dead or restarting, so a call to it
+    got no answer. Callers of the kernel retry these for a bounded time."""
+
+
 class Unschedulable(LaunchError):
     """No node of the cluster can hold what the app's manifest asks for."""
 
@@ -207,6 +212,7 @@ __all__ = [
     "PERMISSION_DENIED",
     "QUOTA_EXCEEDED",
     "TIMEOUT",
+    "ActorUnavailable",
     "ApiTimeout",
     "Busy",
     "EstarterError",

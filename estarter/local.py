@@ -15,17 +15,26 @@ from .kernel.core import Kernel
 from .kernel.permissions import PermissionManager
 from .paths import state_db
 from .policy import SandboxPolicy
-from .supervision import Supervisor
+from .supervision import BLOCKING_METHODS, RestartRules, Supervisor
 
 
 class LocalKernelPort:
-    def __init__(self, kernel: Kernel, workers: int = 16) -> None:
+    def __init__(self, kernel: Kernel, workers: int = 64) -> None:
         self.kernel = kernel
         self._pool = concurrent.futures.ThreadPoolExecutor(workers,
                                                            thread_name_prefix="estarter-api")
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
-        return self._pool.submit(self.kernel.handle, app_id, method, params)
+        if method in BLOCKING_METHODS:
+            return self._pool.submit(self.kernel.handle, app_id, method, params)
+        # A quick call is served on the caller's thread: no hand-off, and waiting
+        # calls of other apps cannot delay it by filling the pool.
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            fut.set_result(self.kernel.handle(app_id, method, params))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         self.kernel.app_running(app_id, run_id, info)
@@ -41,14 +50,16 @@ class LocalKernelPort:
 
 
 class LocalSpawner:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, rules: RestartRules | None = None) -> None:
         self.home = home
+        self.rules = rules
         self.port: LocalKernelPort | None = None
         self.supervisors: list[Supervisor] = []
 
     def spawn(self, policy: SandboxPolicy, run_id: int) -> Supervisor:
         assert self.port is not None
-        sup = Supervisor(policy, run_id, self.port, self.home, node="local")
+        sup = Supervisor(policy, run_id, self.port, self.home, node="local",
+                         rules=self.rules or RestartRules.from_env())
         sup.start()
         self.supervisors.append(sup)
         return sup
@@ -58,10 +69,11 @@ class LocalSpawner:
             sup.close()
 
 
-def local_kernel(home: Path, strict: bool = False) -> tuple[Kernel, LocalSpawner]:
+def local_kernel(home: Path, strict: bool = False,
+                 rules: RestartRules | None = None) -> tuple[Kernel, LocalSpawner]:
     from .store import AppStore
 
-    spawner = LocalSpawner(home)
+    spawner = LocalSpawner(home, rules)
     kernel = Kernel(home, PermissionManager(state_db(home)), spawner, AppStore(home),
                     node="local", strict=strict)
     spawner.port = LocalKernelPort(kernel)

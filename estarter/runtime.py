@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ApiTimeout, RuntimeClosed
+from .errors import ApiTimeout, EstarterError, NotFound, RuntimeClosed
 from .hosting.base import ExitInfo, ExitReason
-from .paths import default_home
+from .paths import default_home, log_file
+from .supervision import RestartRules
 
 
 class AppHandle:
@@ -50,7 +51,9 @@ class AppHandle:
 
 
 class Runtime:
-    """Use :meth:`start`; ``shutdown`` (or the context manager) stops what it started."""
+    """Use :meth:`start` (a runtime of its own) or :meth:`connect` (the persistent
+    runtime ``estarter up`` started); ``shutdown`` (or the context manager) stops
+    what it started and only that."""
 
     def __init__(self, kernel: Any, home: Path, local: bool, owned: Any = None) -> None:
         self.kernel = kernel
@@ -61,23 +64,71 @@ class Runtime:
 
     @classmethod
     def start(cls, local: bool = False, address: str | None = None,
-              home: str | os.PathLike[str] | None = None, strict: bool = False) -> Runtime:
-        """Local mode (no Ray), a given Ray cluster (``address``) or an embedded local Ray."""
-        root = Path(home).resolve() if home is not None else default_home()
-        root.mkdir(parents=True, exist_ok=True)
+              home: str | os.PathLike[str] | None = None, strict: bool = False,
+              rules: RestartRules | None = None) -> Runtime:
+        """Local mode (no Ray), a given Ray cluster (``address``) or an embedded local Ray.
+
+        ``rules`` tunes supervision (backoff, intensity) for every app; the default
+        is ``RestartRules.from_env()`` (``ESTARTER_RESTART_*``).
+        """
+        root = _home(home)
         if local:
             from .local import local_kernel
 
-            kernel, spawner = local_kernel(root, strict=strict)
+            kernel, spawner = local_kernel(root, strict=strict, rules=rules)
             return cls(kernel, root, True, owned=spawner)
         from actors import get_or_create_kernel, ray_api
         from actors.options import BLOCKING
 
         started_ray = not ray_api.is_initialized()
         ray_api.init(address or os.environ.get("ESTARTER_RAY_ADDRESS"))
-        handle, created = get_or_create_kernel(root, strict=strict)
+        handle, created = get_or_create_kernel(root, strict=strict,
+                                               rules=rules or RestartRules.from_env())
         return cls(ray_api.SyncProxy(handle, group=BLOCKING), root, False,
                    owned=(handle, created, started_ray))
+
+    @classmethod
+    def connect(cls, home: str | os.PathLike[str] | None = None) -> Runtime:
+        """Join the persistent runtime that is up for ``home``; NotFound if none is.
+        ``shutdown`` then only disconnects: the runtime and its apps go on."""
+        from actors import KERNEL_NAME, ray_api
+        from actors.options import BLOCKING
+
+        from .daemon import connect_info, use_auth
+
+        root = _home(home)
+        info = connect_info(root)
+        started_ray = not ray_api.is_initialized()
+        use_auth(info)
+        ray_api.init(info.address)
+        try:
+            handle = ray_api.get_actor(KERNEL_NAME)
+            desc = ray_api.get(handle.describe.remote(), timeout=30)
+        except EstarterError:
+            if started_ray:
+                ray_api.shutdown()
+            raise NotFound(f"the runtime of {root} has no kernel (run estarter up again)"
+                           ) from None
+        if desc["home"] != str(root):
+            raise NotFound(f"the runtime at {info.address} serves {desc['home']}, not {root}")
+        return cls(ray_api.SyncProxy(handle, group=BLOCKING), root, False,
+                   owned=(handle, False, started_ray))
+
+    @staticmethod
+    def up(home: str | os.PathLike[str] | None = None, address: str | None = None,
+           strict: bool = False, rules: RestartRules | None = None) -> dict[str, Any]:
+        """Start the persistent runtime of ``home`` (see estarter.daemon.up)."""
+        from .daemon import up
+
+        return up(_home(home), address, strict, rules)
+
+    @staticmethod
+    def down(home: str | os.PathLike[str] | None = None, grace: float = 5.0
+             ) -> dict[str, Any]:
+        """Stop the persistent runtime of ``home`` (see estarter.daemon.down)."""
+        from .daemon import down
+
+        return down(_home(home), grace)
 
     # -- apps ------------------------------------------------------------------
 
@@ -91,18 +142,58 @@ class Runtime:
         record = self.kernel.launch(target, grants or [], grant_all)
         return AppHandle(self, record)
 
-    def install(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        from .store import AppStore
+    start_app = launch
+
+    def install(self, path: str | os.PathLike[str], grants: builtins.list[str] | None = None,
+                grant_all: bool = False) -> dict[str, Any]:
+        """Install (or upgrade) an app; its requested permissions are registered and
+        ``grants`` / ``grant_all`` given now. Works without Ray (only files)."""
+        from .apps import install
 
         self._check()
-        return AppStore(self.home).install(Path(path)).to_json()
+        return install(self.home, Path(path), grants or [], grant_all)
 
-    def list(self) -> list[dict[str, Any]]:
+    def uninstall(self, app_id: str, keep_data: bool = False) -> None:
+        """Stop the app if it runs, remove it and, unless ``keep_data``, its data."""
+        from .apps import uninstall
+
+        self._check()
+        try:
+            self.kernel.stop(app_id, 2.0)
+        except NotFound:
+            pass
+        uninstall(self.home, app_id, keep_data)
+
+    def list_installed(self) -> builtins.list[dict[str, Any]]:
+        from .apps import list_installed
+
+        return list_installed(self.home)
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """The apps this runtime knows (running or ended), as records."""
         self._check()
         return list(self.kernel.list_apps())
 
+    ps = list
+
     def stop(self, app_id: str, grace: float = 5.0) -> ExitInfo:
         return AppHandle(self, {"appId": app_id}).stop(grace)
+
+    def restart(self, app_id: str, grace: float = 5.0) -> AppHandle:
+        """Stop the app if it runs and launch it again (same folder, package or id)."""
+        self._check()
+        return AppHandle(self, self.kernel.restart(app_id, grace))
+
+    def info(self, app_id: str) -> dict[str, Any]:
+        """The app's record and, while it runs, what its supervisor applied (limits)."""
+        self._check()
+        return dict(self.kernel.app_info(app_id))
+
+    def logs(self, app_id: str, lines: int = 100) -> builtins.list[str]:
+        """The last ``lines`` lines of the app's log file (timestamped)."""
+        from .apps import tail
+
+        return tail(log_file(self.home, app_id), lines)
 
     def wait(self, app_id: str, timeout: float | None = None) -> ExitInfo | None:
         return AppHandle(self, {"appId": app_id}).wait(timeout)
@@ -121,26 +212,34 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop every app this runtime started and release it. Idempotent."""
+        """Stop every app this runtime started and release it. Idempotent. A runtime
+        from :meth:`connect` only disconnects (the persistent runtime goes on)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self.kernel.shutdown(2.0)
-        except (RuntimeClosed, ApiTimeout):
-            pass
         owned = self._owned
         if self.local:
-            owned.close()
-            self.kernel.permissions.close()
+            try:
+                self.kernel.shutdown(2.0)
+            finally:
+                owned.close()
+                self.kernel.permissions.close()
             return
         from actors import ray_api
 
         handle, created, started_ray = owned
-        if created:
-            ray_api.kill(handle)
-        if started_ray:
-            ray_api.shutdown()
+        try:
+            if created:
+                # Supervisors are detached: release() kills them, or they would
+                # outlive the kernel (and this process).
+                self.kernel.release(2.0)
+        except (EstarterError, ApiTimeout):
+            pass
+        finally:
+            if created:
+                ray_api.kill(handle)
+            if started_ray:
+                ray_api.shutdown()
 
     def __enter__(self) -> Runtime:
         return self
@@ -151,3 +250,9 @@ class Runtime:
     def _check(self) -> None:
         if self._closed:
             raise RuntimeClosed("this runtime has been shut down")
+
+
+def _home(home: str | os.PathLike[str] | None) -> Path:
+    root = Path(home).expanduser().resolve() if home is not None else default_home()
+    root.mkdir(parents=True, exist_ok=True)
+    return root

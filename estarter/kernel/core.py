@@ -20,11 +20,13 @@ from ..errors import Busy, EstarterError, NotFound, PermissionDenied
 from ..hosting.base import ExitInfo, ExitReason, HostState
 from ..manifest import AppManifest, load_manifest
 from ..policy import SandboxPolicy
-from . import services
+from ..state import AppRecords
+from . import recovery, services
 from .events import EventLog
 from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
 from .ipc import Ipc
 from .permissions import PermissionManager
+from .recovery import Attach
 from .registry import Registry
 from .router import CallContext, Router, as_params
 from .socket_server import Connection, SocketServer
@@ -75,10 +77,12 @@ class FolderResolver:
 
 
 class AppRecord:
-    def __init__(self, app_id: str, run_id: int, policy: SandboxPolicy, now: float) -> None:
+    def __init__(self, app_id: str, run_id: int, policy: SandboxPolicy, now: float,
+                 ref: str = "") -> None:
         self.app_id = app_id
         self.run_id = run_id
         self.policy = policy
+        self.ref = ref or app_id  # what was launched, for restart and relaunch
         self.state = HostState.STARTING
         self.started_at = now
         self.supervisor: SupervisorPort | None = None
@@ -95,6 +99,8 @@ class AppRecord:
             "node": self.node,
             "startedAt": self.started_at,
             "runtime": self.policy.runtime.value,
+            "runId": self.run_id,
+            "restart": self.policy.restart.value,
             "exit": self.exit.to_dict() if self.exit else None,
         }
 
@@ -112,6 +118,7 @@ class Kernel:
         clock: Callable[[], float] = time.time,
         serve_socket: bool = True,
         request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+        records: AppRecords | None = None,
     ) -> None:
         self.home = Path(home)
         self.permissions = permissions
@@ -125,6 +132,10 @@ class Kernel:
         self._lock = threading.RLock()
         self._apps: dict[str, AppRecord] = {}
         self._run_ids = itertools.count(1)
+        # Durable app records (a persistent runtime): run ids then never repeat across
+        # kernel restarts, and a restarted kernel finds what should run (``recover``).
+        self.records = records
+        self._keep_wanted = False  # set while going down: apps come back on the next up
         self._sockets: dict[str, set[Connection]] = {}
         self._quotas: dict[str, int] = {}
         db = kernel_db(self.home)
@@ -167,6 +178,8 @@ class Kernel:
             rec.state = HostState.RUNNING
             rec.pid = info.get("pid")
             rec.node = info.get("node", rec.node)
+        if self.records is not None and "actorName" in info:
+            self.records.supervised(app_id, run_id, info["actorName"])
         self.lifecycle.seed(app_id)
         self.push_all("system.event", {"name": "app.launched", "data": {"appId": app_id}},
                       but=app_id)
@@ -180,6 +193,9 @@ class Kernel:
                 return
             rec.exit = info
             rec.state = HostState.FAILED if exit_info.get("failed") else HostState.EXITED
+        if self.records is not None:
+            self.records.ended(app_id, run_id, rec.state.value, exit_info,
+                               keep_wanted=self._keep_wanted)
         self.events.append("exit", app_id, code=info.code, reason=info.reason.value,
                            detail=info.detail, state=rec.state.value)
         if not self._sockets.get(app_id):
@@ -210,9 +226,12 @@ class Kernel:
             current = self._apps.get(app_id)
             if current is not None and current.exit is None:
                 raise Busy(f"app {app_id} is already running", {"appId": app_id})
-            rec = AppRecord(app_id, next(self._run_ids), policy, self.clock())
+            run_id = self.records.next_run_id() if self.records else next(self._run_ids)
+            rec = AppRecord(app_id, run_id, policy, self.clock(), ref)
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
+        if self.records is not None:
+            self.records.launched(app_id, run_id, ref, policy.restart.value)
         try:
             rec.supervisor = self.spawner.spawn(policy, rec.run_id)
         except EstarterError as exc:
@@ -223,7 +242,10 @@ class Kernel:
         return rec.to_dict()
 
     def stop(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
+        """Stop the app (ask, wait ``grace``, kill); it is not brought back later."""
         rec = self._record(app_id)
+        if self.records is not None and not self._keep_wanted:
+            self.records.unwant(app_id)
         if rec.exit is None and rec.supervisor is not None:
             result = rec.supervisor.stop(grace)
             self.app_exited(app_id, rec.run_id, result)
@@ -245,9 +267,52 @@ class Kernel:
                 out["host"] = {"error": str(exc)}
         return out
 
-    def list_apps(self) -> list[dict[str, Any]]:
+    def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
+        """Stop the app if it runs, then launch what was launched last time."""
         with self._lock:
-            return [rec.to_dict() for rec in self._apps.values()]
+            rec = self._apps.get(app_id)
+        row = self.records.get(app_id) if self.records is not None else None
+        if rec is None and row is None:
+            raise NotFound(f"app {app_id} is not known to this runtime", {"appId": app_id})
+        ref = rec.ref if rec is not None else row.ref if row is not None else app_id
+        if rec is not None:
+            self.stop(app_id, grace)
+        return self.launch(ref)
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        """Apps this kernel knows, then apps only the records know (earlier runs)."""
+        with self._lock:
+            out = [rec.to_dict() for rec in self._apps.values()]
+        known = {r["appId"] for r in out}
+        for row in self.records.all() if self.records is not None else []:
+            if row.app_id not in known:
+                out.append({"appId": row.app_id, "state": row.state, "pid": None,
+                            "node": None, "startedAt": None, "runtime": None,
+                            "runId": row.run_id, "restart": row.restart, "exit": row.exit})
+        return out
+
+    def adopt(self, app_id: str, run_id: int, ref: str, policy: SandboxPolicy,
+              supervisor: SupervisorPort, info: dict[str, Any]) -> None:
+        """Take back an app whose supervisor outlived a kernel restart."""
+        rec = AppRecord(app_id, run_id, policy, info.get("startedAt") or self.clock(), ref)
+        rec.supervisor = supervisor
+        rec.state = HostState.RUNNING
+        rec.pid = info.get("pid")
+        rec.node = info.get("node")
+        with self._lock:
+            self._apps[app_id] = rec
+            self._quotas[app_id] = policy.disk_quota_bytes
+        self.lifecycle.seed(app_id)
+
+    def recover(self, attach: Attach | None = None) -> dict[str, Any]:
+        """Adopt still-running supervisors, relaunch lost apps per policy (see
+        recovery.py). Call once, right after construction."""
+        return recovery.recover(self, attach).to_dict()
+
+    def record_of(self, app_id: str) -> dict[str, Any] | None:
+        """The durable record of the app's last run (None without records)."""
+        row = self.records.get(app_id) if self.records is not None else None
+        return row.to_json() if row is not None else None
 
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.notices.list(limit)
@@ -268,16 +333,22 @@ class Kernel:
     def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         return self.permissions.audit(app_id, limit)
 
-    def shutdown(self, grace: float = 2.0) -> None:
+    def shutdown(self, grace: float = 2.0, keep_wanted: bool = False) -> None:
         """Stop every running app, the socket and the watcher. Idempotent; a later
-        ``launch`` or ``start_services`` brings the services back."""
+        ``launch`` or ``start_services`` brings the services back. ``keep_wanted``
+        (``estarter down``): the records still say which apps ran, so the next
+        kernel of this home brings them back per their restart policy."""
         with self._lock:
             running = [rec for rec in self._apps.values() if rec.exit is None]
-        for rec in running:
-            try:
-                self.stop(rec.app_id, grace)
-            except EstarterError:
-                pass
+            self._keep_wanted = keep_wanted
+        try:
+            for rec in running:
+                try:
+                    self.stop(rec.app_id, grace)
+                except EstarterError:
+                    pass
+        finally:
+            self._keep_wanted = False
         with self._lock:
             sock, self.socket = self.socket, None
         if sock is not None:

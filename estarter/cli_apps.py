@@ -1,0 +1,299 @@
+"""CLI commands for installed apps and the persistent runtime.
+
+``install uninstall list doctor`` (and ``inspect`` of an app at rest) work on
+``$ESTARTER_HOME`` whether or not a runtime is up; ``start stop restart ps`` talk
+to the runtime ``estarter up`` started (exit 2 with one line if none is);
+``logs`` reads the app's log file. ``mount(app)`` adds them to the main CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EstarterError, NotFound
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="ESTARTER_HOME",
+                                              help="State folder (default: user data)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
+GrantOpt = Annotated[list[str] | None, typer.Option("--grant", help="Grant a permission")]
+GrantAllOpt = Annotated[bool, typer.Option("--grant-all",
+                                           help="Grant every requested permission")]
+GraceOpt = Annotated[float, typer.Option("--grace", help="Seconds an app has to exit")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """One clear line on stderr; the caller raises the returned Exit."""
+    err.print(f"estarter: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def home_of(home: Path | None) -> Path:
+    from .paths import default_home
+
+    root = home.expanduser().resolve() if home is not None else default_home()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def errors_exit_2() -> Iterator[None]:
+    """An EstarterError (bad input, no runtime up, unknown app) exits 2 with one line."""
+    try:
+        yield
+    except EstarterError as exc:
+        raise fail(str(exc)) from None
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        out.print(json.dumps(data, default=str), markup=False)
+    else:
+        human()
+
+
+@contextmanager
+def connected(home: Path | None) -> Iterator[Any]:
+    """The persistent runtime of ``home``, disconnected after."""
+    from .runtime import Runtime
+
+    with errors_exit_2():
+        rt = Runtime.connect(home_of(home))
+    try:
+        with errors_exit_2():
+            yield rt
+    finally:
+        rt.shutdown()
+
+
+# -- packages ------------------------------------------------------------------
+
+
+def install(source: Annotated[Path, typer.Argument(help="App folder, .app.zip or .eapp")],
+            grant: GrantOpt = None, grant_all: GrantAllOpt = False, home: HomeOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Install (or upgrade) an app: validated whole before anything lands."""
+    from .apps import install as do_install
+
+    root = home_of(home)
+    with errors_exit_2(), err.status(f"installing {source.name}", spinner="dots"):
+        row = do_install(root, source, grant or [], grant_all)
+    emit(row, as_json, lambda: out.print(
+        f"installed {row['appId']} {row['version']}; granted: "
+        f"{' '.join(row['granted']) or '-'}", markup=False))
+
+
+def uninstall(app_id: str, keep_data: Annotated[bool, typer.Option(
+        "--keep-data", help="Keep the app's data, grants and record")] = False,
+              home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove an installed app (stopping it first if a runtime runs it)."""
+    from .apps import uninstall as do_uninstall
+    from .daemon import read_runtime
+
+    root = home_of(home)
+    if read_runtime(root) is not None:
+        try:
+            with connected(root) as rt:
+                rt.kernel.stop(app_id, 2.0)
+        except (typer.Exit, NotFound):
+            pass  # not up, or the app is not running there
+    with errors_exit_2():
+        do_uninstall(root, app_id, keep_data)
+    emit({"appId": app_id, "uninstalled": True, "keptData": keep_data}, as_json,
+         lambda: out.print(f"uninstalled {app_id}", markup=False))
+
+
+def list_apps(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Installed apps and their last known state."""
+    from .apps import list_installed
+
+    with errors_exit_2():
+        rows = list_installed(home_of(home))
+
+    def table() -> None:
+        t = Table("id", "version", "runtime", "restart", "state", "name")
+        for r in rows:
+            t.add_row(r["appId"], r["version"], r["runtime"], r["restart"], r["state"],
+                      r["name"])
+        out.print(t)
+
+    emit(rows, as_json, table)
+
+
+# -- the running runtime -------------------------------------------------------
+
+
+def start(app: Annotated[str, typer.Argument(help="Installed id, folder or package")],
+          grant: GrantOpt = None, grant_all: GrantAllOpt = False, home: HomeOpt = None,
+          as_json: JsonOpt = False) -> None:
+    """Start an app on the runtime that is up."""
+    with connected(home) as rt:
+        rec = rt.launch(app, grants=grant or [], grant_all=grant_all).record
+    emit(rec, as_json, lambda: out.print(f"{rec['appId']}: {rec['state']}", markup=False))
+
+
+def stop(app_id: str, grace: GraceOpt = 5.0, home: HomeOpt = None,
+         as_json: JsonOpt = False) -> None:
+    """Stop a running app (ask, wait --grace, kill); it is not restarted."""
+    with connected(home) as rt:
+        rt.stop(app_id, grace)
+        rec = rt.info(app_id)
+    emit(rec, as_json, lambda: out.print(f"{app_id}: {rec['state']}", markup=False))
+
+
+def restart(app_id: str, grace: GraceOpt = 5.0, home: HomeOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Stop an app if it runs, then start it again."""
+    with connected(home) as rt:
+        rec = rt.restart(app_id, grace).record
+    emit(rec, as_json, lambda: out.print(f"{app_id}: {rec['state']}", markup=False))
+
+
+def ps(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Apps of the runtime that is up: state, pid, node, restarts, last exit."""
+    with connected(home) as rt:
+        rows = rt.list()
+
+    def table() -> None:
+        t = Table("id", "state", "pid", "node", "run", "started", "exit")
+        for r in rows:
+            started = (datetime.fromtimestamp(r["startedAt"]).strftime("%H:%M:%S")
+                       if r.get("startedAt") else "-")
+            ex = r.get("exit") or {}
+            t.add_row(r["appId"], r["state"], str(r.get("pid") or "-"), r.get("node") or "-",
+                      str(r.get("runId", "-")), started,
+                      f"{ex.get('reason')} ({ex.get('code')})" if ex else "-")
+        out.print(t)
+
+    emit(rows, as_json, table)
+
+
+def inspect(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """What was applied to a running app (limits, sandbox), or for an app at rest its
+    manifest, grants and last exit."""
+    from .apps import describe
+    from .daemon import read_runtime
+
+    root = home_of(home)
+    data: dict[str, Any] | None = None
+    if read_runtime(root) is not None:
+        try:
+            with connected(root) as rt:
+                info = rt.info(app_id)
+            if info.get("host"):
+                data = info
+        except (typer.Exit, NotFound):
+            data = None
+    if data is None:
+        with errors_exit_2():
+            data = describe(root, app_id)
+    shown = data
+    emit(shown, as_json, lambda: out.print_json(json.dumps(shown, default=str)))
+
+
+def logs(app_id: str, follow: Annotated[bool, typer.Option("-f", "--follow",
+                                                           help="Keep printing new lines")
+                                        ] = False,
+         lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show")] = 100,
+         home: HomeOpt = None) -> None:
+    """The app's log (timestamped, size-capped with rotation); -f follows it."""
+    from .apps import follow as follow_file
+    from .apps import logs_path, tail
+
+    path = logs_path(home_of(home), app_id)
+    if not path.exists() and not follow:
+        raise fail(f"no log for {app_id} (has it run?)")
+    for line in tail(path, lines):
+        out.print(line, markup=False)
+    if not follow:
+        return
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    try:
+        for line in follow_file(path, stopped.is_set):
+            out.print(line, markup=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- the persistent runtime ----------------------------------------------------
+
+
+def up(address: Annotated[str | None, typer.Option(
+        "--address", help="Join this Ray cluster instead of starting a head")] = None,
+       strict: Annotated[bool, typer.Option(
+           "--strict", help="Refuse to run apps whose limits cannot be applied")] = False,
+       home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Start the persistent runtime (a Ray head of its own, or --address) and return."""
+    from .daemon import up as do_up
+
+    root = home_of(home)
+    with errors_exit_2(), err.status("starting the runtime", spinner="dots"):
+        try:
+            info = do_up(root, address, strict)
+        except ValueError as exc:  # a bad ESTARTER_RESTART_* value
+            raise EstarterError(str(exc)) from None
+
+    def human() -> None:
+        rec = info.get("recovery") or {}
+        out.print(f"estarter runtime {info['status']} at {info['address']} "
+                  f"(home {root})", markup=False)
+        if rec.get("adopted") or rec.get("lost"):
+            out.print(f"recovered: adopted {rec['adopted']}, lost {rec['lost']}, "
+                      f"relaunched {rec['relaunched']}", markup=False)
+
+    emit(info, as_json, human)
+
+
+def down(grace: GraceOpt = 5.0, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop what up started: apps (they come back on the next up per policy), the
+    kernel, the supervisors and our Ray head."""
+    from .daemon import down as do_down
+
+    root = home_of(home)
+    with errors_exit_2(), err.status("stopping the runtime", spinner="dots"):
+        result = do_down(root, grace)
+    emit(result, as_json, lambda: out.print(
+        "stopped" if result["stopped"] else "no runtime was up", markup=False))
+
+
+def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+    """What this host can enforce, one line per capability, and the runtime's state."""
+    from .daemon import reachable, read_runtime
+    from .hosting.limits import host_capabilities
+
+    caps = host_capabilities()
+    info = read_runtime(home_of(home))
+    runtime = {"up": bool(info and reachable(info.address)),
+               "address": info.address if info else None}
+    data = {"capabilities": caps, "runtime": runtime}
+
+    def human() -> None:
+        for cap in caps:
+            mark = "ok" if cap["ok"] else "no"
+            out.print(f"{mark:3} {cap['name']}: {cap['detail']}", markup=False)
+        out.print(f"runtime: {'up at ' + str(runtime['address']) if runtime['up'] else 'not up'}",
+                  markup=False)
+
+    emit(data, as_json, human)
+
+
+def mount(app: typer.Typer) -> None:
+    for fn, name in ((install, "install"), (uninstall, "uninstall"), (list_apps, "list"),
+                     (start, "start"), (stop, "stop"), (restart, "restart"), (ps, "ps"),
+                     (logs, "logs"), (inspect, "inspect"), (up, "up"), (down, "down"),
+                     (doctor, "doctor")):
+        app.command(name)(fn)
