@@ -10,6 +10,7 @@ per their restart policy.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ class KernelShell(Kernel):
 
     def describe(self) -> dict[str, Any]:
         """Which home this kernel serves and how many apps run (for reuse checks)."""
-        return {"home": str(self.home), "running": len(self._running_ids())}
+        return {"home": str(self.home), "running": len(self._running_ids()),
+                "pid": os.getpid()}
 
 
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)

@@ -1,0 +1,237 @@
+"""The CLI's file-only commands in-process (no Ray), app records, and kernel recovery
+with a fake spawner."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from estarter.cli import app
+from estarter.kernel.core import Kernel, kernel_db
+from estarter.kernel.permissions import PermissionManager
+from estarter.paths import log_file, state_db
+from estarter.policy import SandboxPolicy
+from estarter.state import AppRecords
+from estarter.store import AppStore
+
+
+def make_app(root: Path, app_id: str, **manifest: Any) -> Path:
+    folder = root / app_id
+    folder.mkdir(parents=True)
+    (folder / "app.py").write_text("print('hi')\n")
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": app_id, "runtime": "python", "entry": "app.py", **manifest}))
+    return folder
+
+
+def run(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(app, [*args, "--home", str(home)])
+
+
+def ok_json(home: Path, *args: str) -> Any:
+    result = run(home, *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("estarter: error:"), result.stderr
+    return lines[0]
+
+
+def test_install_list_inspect_uninstall(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    folder = make_app(tmp_path, "notes", permissions=["fs.read", "system.info"],
+                      restart="on-failure")
+    row = ok_json(home, "install", str(folder), "--grant", "system.info")
+    assert (row["appId"], row["restart"]) == ("notes", "on-failure")
+    assert row["granted"] == ["fs.read", "system.info"]
+    listed = ok_json(home, "list")
+    assert [(r["appId"], r["state"]) for r in listed] == [("notes", "installed")]
+    at_rest = ok_json(home, "inspect", "notes")
+    assert at_rest["manifest"]["id"] == "notes" and at_rest["exit"] is None
+    assert at_rest["permissions"]["granted"] == ["fs.read", "system.info"]
+    gone = ok_json(home, "uninstall", "notes")
+    assert gone == {"appId": "notes", "uninstalled": True, "keptData": False}
+    assert ok_json(home, "list") == []
+    assert PermissionManager(state_db(home)).granted("notes") == frozenset()
+
+
+def test_install_eapp_and_upgrade(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    folder = make_app(tmp_path, "pkg", version="1.0.0")
+    packed = CliRunner().invoke(app, ["pack", str(folder), "-o", str(tmp_path / "pkg.eapp")])
+    assert packed.exit_code == 0, packed.stderr
+    assert ok_json(home, "install", str(tmp_path / "pkg.eapp"))["version"] == "1.0.0"
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": "pkg", "runtime": "python", "entry": "app.py", "version": "1.1.0"}))
+    assert ok_json(home, "install", str(folder))["version"] == "1.1.0"
+    assert [r["version"] for r in ok_json(home, "list")] == ["1.1.0"]
+
+
+def test_hostile_zip_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    AppStore(home)  # the folders a home has anyway
+    before = {p for p in tmp_path.rglob("*")}
+    evil = tmp_path / "evil.app.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"id": "evil", "entry": "app.py"}))
+        zf.writestr("app.py", "")
+        zf.writestr("../../escaped.txt", "gotcha")
+    before.add(evil)
+    line = one_error_line(run(home, "install", str(evil)))
+    assert "escaped.txt" in line
+    assert {p for p in tmp_path.rglob("*")} - before == set()
+    assert list((home / "staging").iterdir()) == [] and list((home / "apps").iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["install", "/no/such/app"],
+    ["uninstall", "never-installed"],
+    ["inspect", "never-installed"],
+    ["logs", "never-ran"],
+    ["start", "anything"],
+    ["stop", "anything"],
+    ["ps"],
+    ["install", "/tmp", "--grant", "no.such.permission"],
+])
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    one_error_line(run(tmp_path / "home", *args))
+
+
+def test_runtime_commands_say_how_to_start_one(tmp_path: Path) -> None:
+    assert "estarter up" in one_error_line(run(tmp_path / "home", "ps"))
+
+
+def test_logs_prints_the_tail(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    path = log_file(home, "chatty")
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(f"2026-01-01 00:00:00,000 INFO line {i}\n" for i in range(50)))
+    result = run(home, "logs", "chatty", "-n", "3")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [f"2026-01-01 00:00:00,000 INFO line {i}"
+                                          for i in (47, 48, 49)]
+
+
+def test_doctor_one_line_per_capability(tmp_path: Path) -> None:
+    data = ok_json(tmp_path / "home", "doctor")
+    assert {c["name"] for c in data["capabilities"]} >= {"cgroup", "sandbox.bwrap"}
+    assert data["runtime"] == {"up": False, "address": None}
+    human = run(tmp_path / "home", "doctor")
+    assert len(human.stdout.splitlines()) == len(data["capabilities"]) + 1
+
+
+def test_down_without_runtime_is_a_no_op(tmp_path: Path) -> None:
+    assert ok_json(tmp_path / "home", "down")["stopped"] is False
+
+
+# -- app records -------------------------------------------------------------------
+
+
+def test_records_survive_reopening_and_run_ids_never_repeat(tmp_path: Path) -> None:
+    db = kernel_db(tmp_path)
+    first = AppRecords(db)
+    a = first.next_run_id()
+    first.launched("x", a, "x", "always")
+    first.supervised("x", a, "estarter-sup-k-1")
+    first.close()
+    again = AppRecords(db)
+    row = again.get("x")
+    assert row is not None and (row.wanted, row.supervisor, row.state) == (
+        True, "estarter-sup-k-1", "running")
+    b = again.next_run_id()
+    again.forget("x")
+    assert again.next_run_id() > b > a  # a forgotten app does not free its run ids
+    again.launched("y", 9, "y", "never")
+    again.ended("y", 9, "exited", {"code": 0, "reason": "exited"}, keep_wanted=True)
+    assert [r.app_id for r in again.wanted()] == ["y"]  # going down keeps intent
+    again.ended("y", 9, "exited", {"code": 0, "reason": "exited"})
+    assert again.wanted() == []
+    again.close()
+    again.close()  # idempotent
+
+
+# -- recovery ----------------------------------------------------------------------
+
+
+class FakePort:
+    def __init__(self, final: dict[str, Any] | None = None) -> None:
+        self.stopped = False
+
+    def stop(self, grace: float) -> dict[str, Any]:
+        self.stopped = True
+        return {"code": None, "reason": "stopped", "detail": ""}
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"state": "running"}
+
+
+class FakeSpawner:
+    def __init__(self) -> None:
+        self.spawned: list[tuple[str, int]] = []
+
+    def spawn(self, policy: SandboxPolicy, run_id: int) -> FakePort:
+        self.spawned.append((policy.app_id, run_id))
+        return FakePort()
+
+
+@pytest.fixture
+def home_with_records(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    for app_id, restart in (("alive", "never"), ("gone-always", "always"),
+                            ("gone-never", "never")):
+        AppStore(home).install(make_app(tmp_path, app_id, restart=restart))
+    records = AppRecords(kernel_db(home))
+    for run_id, app_id in enumerate(("alive", "gone-always", "gone-never"), start=1):
+        restart = "always" if app_id == "gone-always" else "never"
+        records.launched(app_id, run_id, app_id, restart)
+        records.supervised(app_id, run_id, f"sup-{app_id}")
+    records.close()
+    yield home
+
+
+def test_recovery_adopts_live_supervisors_and_relaunches_lost_apps_per_policy(
+        home_with_records: Path) -> None:
+    home = home_with_records
+    spawner = FakeSpawner()
+    records = AppRecords(kernel_db(home))
+    kernel = Kernel(home, PermissionManager(state_db(home)), spawner, AppStore(home),
+                    serve_socket=False, records=records)
+    live = FakePort()
+
+    def attach(name: str, app_id: str, run_id: int) -> Any:
+        if name != "sup-alive":
+            return None
+        policy = SandboxPolicy.from_manifest(*AppStore(home).get(app_id),
+                                             granted=frozenset())
+        return live, {"pid": 42, "node": "n1"}, policy
+
+    try:
+        report = kernel.recover(attach)
+        assert report["adopted"] == ["alive"]
+        assert report["lost"] == ["gone-always", "gone-never"]
+        assert report["relaunched"] == ["gone-always"]
+        assert [a for a, _ in spawner.spawned] == ["gone-always"]
+        assert spawner.spawned[0][1] > 3  # a fresh run id
+        states = {r["appId"]: r for r in kernel.list_apps()}
+        assert (states["alive"]["state"], states["alive"]["pid"]) == ("running", 42)
+        assert states["gone-never"]["state"] == "failed"
+        assert states["gone-never"]["exit"]["reason"] == "supervisor_lost"
+        kernel.stop("alive", 1.0)
+        assert live.stopped and records.get("alive").wanted is False  # type: ignore[union-attr]
+    finally:
+        kernel.shutdown()
+        kernel.permissions.close()
+        records.close()
