@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	# compat mode: a plain path entry instead of an import hook, which every app
 	# start would pay for (about 6 ms of interpreter start-up here).
 	$(BIN)/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+	$(BIN)/python -m estarter.hosting.spawn  # build the C launcher (else: built on first use)
 	touch $(STAMP)
 
 # Debian packages the sandbox and the wasm samples need; installed only when missing.

@@ -7,7 +7,6 @@ bomb is killed. Needs root and writable cgroups for the cgroup figures.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import statistics
 import subprocess
 import sys
@@ -17,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from estarter.hosting import launcher, limits
+from estarter.hosting import limits
 from estarter.hosting.base import HostContext
+from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
 from estarter.policy import MIB, SandboxPolicy
 
 Report = Callable[[str, float, float, "float | None", str], None]
 ROUNDS = 15
-LAUNCHER = [sys.executable, "-I", "-S", launcher.__file__]
 
 
 def _policy(root: Path, app_id: str, source: str, **over: Any) -> SandboxPolicy:
@@ -63,7 +62,7 @@ def _launch(root: Path, policy: SandboxPolicy | None, argv: list[str]) -> float:
         lim = limits.prepare(policy, _ctx(root, policy.app_id))
         plan = lim.plan(argv, {"PATH": "/usr/bin:/bin"}, root)
         spec, wrapper, argv = plan.spec, plan.wrapper, plan.argv
-    proc = subprocess.Popen([*LAUNCHER, json.dumps(spec), "--", *wrapper, *argv], cwd=root)
+    proc = subprocess.Popen(launcher_command(spec, [*wrapper, *argv]), cwd=root)
     if lim is not None:
         lim.started(proc.pid)
     try:
@@ -108,7 +107,7 @@ def _bomb(root: Path, limit_mb: int) -> float:
     policy = _policy(root, f"b-bomb{limit_mb}", BOMB, memory_limit_bytes=limit_mb * MIB)
     lim = limits.prepare(policy, _ctx(root, policy.app_id))
     plan = lim.plan([sys.executable, "-E", "-s", "-B", str(policy.entry)], {}, root)
-    proc = subprocess.Popen([*LAUNCHER, json.dumps(plan.spec), "--", *plan.wrapper, *plan.argv],
+    proc = subprocess.Popen(launcher_command(plan.spec, [*plan.wrapper, *plan.argv]),
                             cwd=root, stderr=subprocess.PIPE)
     lim.started(proc.pid)
     try:

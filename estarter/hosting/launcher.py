@@ -1,10 +1,12 @@
 """Child-side launcher: applies the launch spec to itself, then execs the app.
 
-Run as ``python -I -S launcher.py SPEC_JSON -- ARGV...`` by the process host.
-It imports only the standard library (it starts on every launch, so it must be
-fast) and runs in the new child before any app code: the child is in its session,
-bound to its parent's life, in its cgroups and under its rlimits when the app's
-first instruction runs. ``preexec_fn`` would do the same in the parent's fork,
+The reference implementation and the fallback of ``native/launcher.c`` (which is
+what runs when a C compiler was at hand; see ``spawn.py``). Run as
+``python -I -S launcher.py [FLAGS] -- ARGV...``, flags as ``spawn.spec_flags``
+makes them from the spec below. It imports only the standard library and runs in
+the new child before any app code: the child is in its session, bound to its
+parent's life, in its cgroups and under its rlimits when the app's first
+instruction runs. ``preexec_fn`` would do the same in the parent's fork,
 which is unsafe in threaded parents such as Ray workers.
 
 Spec keys (all optional):
@@ -28,9 +30,7 @@ Exit codes: 121 spec error, 122 set-up failed, 127 exec failed (message on stder
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import json
 import os
 import resource
 import select
@@ -83,8 +83,10 @@ def _sweep(procs: list[str], token: str) -> None:
         if not pids:
             break
         for pid in pids:
-            with contextlib.suppress(OSError):
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         time.sleep(0.02)
     for path in procs:
         for _ in range(50):
@@ -121,8 +123,10 @@ def _guard(spec: dict, supervisor: int) -> None:
         keep = {0, 1, 2, app_fd, sup_fd}
         for fd in range(3, 1024):
             if fd not in keep:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
         ready, _, _ = select.select([app_fd, sup_fd], [], [])
         if sup_fd not in ready:
             # The app ended first. If that was the supervisor's PDEATHSIG, the
@@ -175,15 +179,57 @@ def apply(spec: dict) -> None:
             _fail(122, f"cannot become uid {uid}: {exc.strerror}")
 
 
+def parse(argv: list[str]) -> tuple[dict, list[str]]:  # (no typing import: start-up time)
+    """Flags (as spawn.spec_flags writes them) -> (spec, app argv)."""
+    spec: dict = {"setsid": False, "rlimits": {}, "cgroup_procs": []}
+    guard: dict = {"procs": []}
+    i = 1
+    while i < len(argv):
+        flag = argv[i]
+        if flag == "--":
+            if guard.pop("on", False):
+                spec["guard"] = guard
+            return spec, argv[i + 1:]
+        if flag in ("--setsid", "--unshare-net", "--no-new-privs", "--guard"):
+            key = {"--setsid": "setsid", "--unshare-net": "unshare_net",
+                   "--no-new-privs": "no_new_privs", "--guard": "on"}[flag]
+            (guard if flag == "--guard" else spec)[key] = True
+            i += 1
+            continue
+        if i + 1 >= len(argv):
+            _fail(121, f"{flag} needs a value")
+        value = argv[i + 1]
+        i += 2
+        try:
+            if flag == "--pdeathsig":
+                spec["pdeathsig"] = int(value)
+            elif flag == "--parent":
+                spec["parent_pid"] = int(value)
+            elif flag == "--guard-proc":
+                guard["procs"].append(value)
+            elif flag == "--guard-token":
+                guard["token"] = value
+            elif flag == "--cgroup":
+                spec["cgroup_procs"].append(value)
+            elif flag == "--rlimit":
+                name, limits = value.split("=", 1)
+                soft, hard = (int(x) for x in limits.split(":", 1))
+                spec["rlimits"][name] = [soft, hard]
+            elif flag == "--user":
+                spec["user"] = [int(x) for x in value.split(":", 1)]
+            else:
+                _fail(121, f"unknown flag {flag}")
+        except ValueError:
+            _fail(121, f"bad value for {flag}: {value}")
+    _fail(121, "usage: launcher.py [FLAGS] -- ARGV...")
+    raise AssertionError  # unreachable: _fail exits
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) < 4 or argv[2] != "--":
-        _fail(121, "usage: launcher.py SPEC_JSON -- ARGV...")
-    try:
-        spec = json.loads(argv[1])
-    except ValueError as exc:
-        _fail(121, f"bad spec: {exc}")
+    spec, target = parse(argv)
+    if not target:
+        _fail(121, "nothing to run")
     apply(spec)
-    target = argv[3:]
     try:
         os.execvp(target[0], target)
     except OSError as exc:

@@ -11,7 +11,6 @@ Threads, each with one job, so nothing the app does can block the owner:
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import select
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
@@ -27,8 +25,9 @@ from ..manifest import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FrameDecoder, FramingError, encode_frame
-from . import launcher, limits
+from . import limits
 from .base import ExitInfo, ExitReason, HostContext, HostState
+from .spawn import launcher_command
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_MALFORMED = 10
@@ -37,7 +36,6 @@ LOG_LINE_MAX = 8192
 LOG_LINES_PER_SECOND = 2000
 LOG_BURST = 5000
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-_LAUNCHER = str(Path(launcher.__file__).resolve())
 
 
 def app_command(policy: SandboxPolicy) -> list[str]:
@@ -226,8 +224,7 @@ class ProcessHost:
     def _own(self) -> None:
         plan = self._plan
         assert plan is not None
-        argv = [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(plan.spec), "--",
-                *plan.wrapper, *plan.argv]
+        argv = launcher_command(plan.spec, [*plan.wrapper, *plan.argv])
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -27,6 +27,7 @@ import pytest
 from estarter.hosting import limits
 from estarter.hosting.base import ExitInfo, ExitReason, HostContext, HostState
 from estarter.hosting.process_host import ProcessHost
+from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
 from estarter.policy import MIB, SandboxPolicy
 
@@ -384,6 +385,7 @@ from dataclasses import replace
 from pathlib import Path
 from estarter.hosting.base import HostContext
 from estarter.hosting.process_host import ProcessHost
+from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
 from estarter.policy import SandboxPolicy
 
@@ -495,9 +497,7 @@ def run_rlimited(root: Path, app_id: str, source: str, **over: Any) -> tuple[Exi
     # The venv's interpreter lives under /root, which uid 65534 cannot enter.
     python = shutil.which("python3", path="/usr/bin") or sys.executable
     plan = lim.plan([python, "-E", "-s", "-B", str(policy.entry)], {"PATH": "/usr/bin"}, root)
-    argv = [sys.executable, "-I", "-S", limits.__file__.replace("limits/__init__.py",
-                                                                 "launcher.py"),
-            json.dumps(plan.spec), "--", *plan.wrapper, *plan.argv]
+    argv = launcher_command(plan.spec, [*plan.wrapper, *plan.argv])
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, env=plan.env, cwd="/", stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

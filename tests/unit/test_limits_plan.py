@@ -3,16 +3,16 @@ launcher's own checks and the doctor lines. No cgroups touched."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from estarter.errors import SandboxUnavailable
-from estarter.hosting import launcher, limits
+from estarter.hosting import launcher, limits, spawn
 from estarter.hosting.base import ExitReason
 from estarter.hosting.limits.detect import HostFacts
 from estarter.hosting.limits.plan import Outcome
@@ -135,23 +135,57 @@ def test_host_capabilities_one_line_each() -> None:
     assert all(isinstance(line["ok"], bool) and line["detail"] for line in lines)
 
 
-def run_launcher(spec: object, *argv: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-I", "-S", launcher.__file__,
-                           spec if isinstance(spec, str) else json.dumps(spec), "--", *argv],
-                          capture_output=True, timeout=10, check=False)
+@pytest.fixture(params=["native", "python"])
+def launcher_head(request: pytest.FixtureRequest) -> list[str]:
+    """Both launchers take the same flags and must behave the same."""
+    if request.param == "python":
+        return [sys.executable, "-I", "-S", launcher.__file__]
+    native = spawn.native_launcher()
+    if native is None:
+        pytest.skip("no C compiler here: only the Python launcher runs")
+    return [native]
 
 
-def test_launcher_applies_rlimits_before_exec() -> None:
-    r = run_launcher({"pdeathsig": 0, "rlimits": {"RLIMIT_FSIZE": [4096, 4096]}},
+def run_launcher(head: list[str], spec: dict[str, Any] | list[str],
+                 *argv: str) -> subprocess.CompletedProcess[bytes]:
+    flags = spec if isinstance(spec, list) else spawn.spec_flags(spec)
+    return subprocess.run([*head, *flags, "--", *argv], capture_output=True, timeout=10,
+                          check=False)
+
+
+def test_launcher_applies_rlimits_before_exec(launcher_head: list[str]) -> None:
+    r = run_launcher(launcher_head,
+                     {"pdeathsig": 0, "rlimits": {"RLIMIT_FSIZE": [4096, 4096]}},
                      sys.executable, "-c",
-                     "import resource, signal; print(resource.getrlimit(resource.RLIMIT_FSIZE),"
-                     " signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN)")
+                     "import os, resource, signal; print(resource.getrlimit(resource.RLIMIT_FSIZE),"
+                     " signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN,"
+                     " os.getsid(0) == os.getpid())")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode().strip() == "(4096, 4096) True"
+    assert r.stdout.decode().strip() == "(4096, 4096) True True"
 
 
-def test_launcher_exit_codes() -> None:
-    assert run_launcher("{not json", "true").returncode == 121
-    assert run_launcher({"pdeathsig": 0}, "/nonexistent/app").returncode == 127
-    r = run_launcher({"pdeathsig": 0, "cgroup_procs": ["/nonexistent/cgroup.procs"]}, "true")
+def test_launcher_exit_codes(launcher_head: list[str]) -> None:
+    assert run_launcher(launcher_head, ["--bogus"], "true").returncode == 121
+    assert run_launcher(launcher_head, ["--pdeathsig"], "true").returncode == 121
+    assert run_launcher(launcher_head, {"pdeathsig": 0}, "/nonexistent/app").returncode == 127
+    r = run_launcher(launcher_head,
+                     {"pdeathsig": 0, "cgroup_procs": ["/nonexistent/cgroup.procs"]}, "true")
     assert r.returncode == 122 and b"cannot join cgroup" in r.stderr
+
+
+def test_launcher_refuses_to_start_when_its_parent_is_gone(launcher_head: list[str]) -> None:
+    # parent_pid names a process that is not our parent: as if the supervisor died
+    # between fork and prctl. The launcher must not start the app.
+    r = run_launcher(launcher_head, {"pdeathsig": 9, "parent_pid": 1}, "true")
+    assert r.returncode == 122
+
+
+def test_spec_flags_round_trip_through_the_python_parser() -> None:
+    spec = {"setsid": True, "pdeathsig": 9, "parent_pid": 42,
+            "guard": {"procs": ["/a/cgroup.procs"], "token": "t"},
+            "cgroup_procs": ["/a/cgroup.procs", "/b/cgroup.procs"],
+            "rlimits": {"RLIMIT_AS": [1, 2], "RLIMIT_CPU": [-1, -1]},
+            "unshare_net": True, "no_new_privs": True, "user": [65534, 65534]}
+    parsed, argv = launcher.parse(["launcher", *spawn.spec_flags(spec), "--", "app", "x"])
+    assert argv == ["app", "x"]
+    assert parsed == spec

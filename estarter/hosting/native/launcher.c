@@ -1,0 +1,300 @@
+/*
+ * estarter-launch: the child-side launcher, in C.
+ *
+ * Same contract as estarter/hosting/launcher.py (the reference and the fallback):
+ * runs in the new child before any app code, applies the launch flags to itself,
+ * then execs the app. In C because it runs on every launch: a Python launcher
+ * costs an interpreter start plus ctypes (about 17 ms here) before the app's own
+ * start-up even begins, and its guard process keeps a whole interpreter (5 MB).
+ *
+ *   estarter-launch [--setsid] [--pdeathsig N] [--parent PID]
+ *                   [--guard] [--guard-proc PATH]... [--guard-token TOKEN]
+ *                   [--cgroup PATH]... [--rlimit NAME=SOFT:HARD]...
+ *                   [--unshare-net] [--no-new-privs] [--user UID:GID]
+ *                   -- ARGV...
+ *
+ * Exit codes: 121 usage error, 122 set-up failed, 127 exec failed.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+#define MAX_ITEMS 32
+#define GUARD_KILL_MS 5000
+
+struct rl { int resource; rlim_t soft, hard; };
+
+static struct {
+    int setsid, pdeathsig, guard, unshare_net, no_new_privs;
+    long parent;
+    const char *guard_procs[MAX_ITEMS]; int n_guard_procs;
+    const char *guard_token;
+    const char *cgroups[MAX_ITEMS]; int n_cgroups;
+    struct rl rlimits[MAX_ITEMS]; int n_rlimits;
+    int fsize_limited;
+    long uid, gid;
+} opt = { .pdeathsig = SIGKILL, .parent = -1, .uid = -1, .gid = -1 };
+
+static void fail(int code, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    if (write(2, "estarter-launcher: ", 19) < 0 || write(2, buf, (size_t)n) < 0) { /* nothing */ }
+    _exit(code);
+}
+
+static long parse_long(const char *s, const char *what) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s) fail(121, "bad %s: %s", what, s);
+    return v;
+}
+
+static rlim_t parse_rlim(const char *s) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || (*end && *end != ':')) fail(121, "bad rlimit value: %s", s);
+    return v < 0 ? RLIM_INFINITY : (rlim_t)v;
+}
+
+static int rlimit_by_name(const char *name, size_t len) {
+    static const struct { const char *name; int res; } names[] = {
+        {"RLIMIT_AS", RLIMIT_AS}, {"RLIMIT_CPU", RLIMIT_CPU}, {"RLIMIT_FSIZE", RLIMIT_FSIZE},
+        {"RLIMIT_NPROC", RLIMIT_NPROC}, {"RLIMIT_NOFILE", RLIMIT_NOFILE},
+        {"RLIMIT_CORE", RLIMIT_CORE}, {"RLIMIT_DATA", RLIMIT_DATA},
+        {"RLIMIT_STACK", RLIMIT_STACK}, {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i].name) == len && strncmp(names[i].name, name, len) == 0)
+            return names[i].res;
+    return -1;
+}
+
+static void add_rlimit(const char *arg) {
+    const char *eq = strchr(arg, '=');
+    if (!eq || opt.n_rlimits >= MAX_ITEMS) fail(121, "bad --rlimit: %s", arg);
+    int res = rlimit_by_name(arg, (size_t)(eq - arg));
+    if (res < 0) fail(121, "unknown rlimit: %s", arg);
+    const char *colon = strchr(eq + 1, ':');
+    if (!colon) fail(121, "bad --rlimit: %s", arg);
+    struct rl *r = &opt.rlimits[opt.n_rlimits++];
+    r->resource = res;
+    r->soft = parse_rlim(eq + 1);
+    r->hard = parse_rlim(colon + 1);
+    if (res == RLIMIT_FSIZE) opt.fsize_limited = 1;
+}
+
+static int parse(int argc, char **argv) {
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--")) return i + 1;
+        else if (!strcmp(a, "--setsid")) opt.setsid = 1;
+        else if (!strcmp(a, "--guard")) opt.guard = 1;
+        else if (!strcmp(a, "--unshare-net")) opt.unshare_net = 1;
+        else if (!strcmp(a, "--no-new-privs")) opt.no_new_privs = 1;
+        else if (!v) fail(121, "%s needs a value", a);
+        else if (!strcmp(a, "--pdeathsig")) { opt.pdeathsig = (int)parse_long(v, a); i++; }
+        else if (!strcmp(a, "--parent")) { opt.parent = parse_long(v, a); i++; }
+        else if (!strcmp(a, "--guard-token")) { opt.guard_token = v; i++; }
+        else if (!strcmp(a, "--rlimit")) { add_rlimit(v); i++; }
+        else if (!strcmp(a, "--guard-proc") || !strcmp(a, "--cgroup")) {
+            int g = a[2] == 'g' && a[3] == 'u';
+            if ((g ? opt.n_guard_procs : opt.n_cgroups) >= MAX_ITEMS) fail(121, "too many %s", a);
+            if (g) opt.guard_procs[opt.n_guard_procs++] = v;
+            else opt.cgroups[opt.n_cgroups++] = v;
+            i++;
+        } else if (!strcmp(a, "--user")) {
+            char *colon = strchr(v, ':');
+            if (!colon) fail(121, "bad --user: %s", v);
+            *colon = '\0';
+            opt.uid = parse_long(v, a);
+            opt.gid = parse_long(colon + 1, a);
+            i++;
+        } else fail(121, "unknown flag %s", a);
+    }
+    fail(121, "usage: estarter-launch [FLAGS] -- ARGV...");
+    return -1;
+}
+
+/* ---- the guard: kills the app's processes if the supervisor dies first ---- */
+
+static void sleep_ms(long ms) {
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* SIGKILL every pid listed in a cgroup.procs file; returns how many were listed. */
+static int kill_listed(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int n = 0;
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1) { kill((pid_t)pid, SIGKILL); n++; }
+    fclose(f);
+    return n;
+}
+
+/* Without cgroups: SIGKILL every process whose environment carries the token. */
+static int kill_token(const char *token) {
+    char needle[256];
+    int nlen = snprintf(needle, sizeof needle, "ESTARTER_LIMITS_TOKEN=%s", token);
+    if (nlen <= 0 || nlen >= (int)sizeof needle) return 0;
+    DIR *d = opendir("/proc");
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    static char env[65536];
+    while ((e = readdir(d))) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == getpid()) continue;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/environ", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t len = read(fd, env, sizeof env - 1);
+        close(fd);
+        if (len <= 0) continue;
+        for (ssize_t off = 0; off < len; off += (ssize_t)strlen(env + off) + 1) {
+            env[len] = '\0';
+            if (strcmp(env + off, needle) == 0) { kill((pid_t)pid, SIGKILL); n++; break; }
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static void sweep(void) {
+    long deadline = now_ms() + GUARD_KILL_MS;
+    while (now_ms() < deadline) {
+        int listed = 0;
+        if (opt.n_guard_procs)
+            for (int i = 0; i < opt.n_guard_procs; i++) listed += kill_listed(opt.guard_procs[i]);
+        else if (opt.guard_token)
+            listed = kill_token(opt.guard_token);
+        if (!listed) break;
+        sleep_ms(20);
+    }
+    for (int i = 0; i < opt.n_guard_procs; i++) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", opt.guard_procs[i]);
+        char *slash = strrchr(dir, '/');
+        if (!slash) continue;
+        *slash = '\0';
+        for (int tries = 0; tries < 50; tries++) {
+            if (rmdir(dir) == 0 || errno == ENOENT) break;
+            sleep_ms(20);
+        }
+    }
+}
+
+static void guard(pid_t supervisor) {
+    int app_fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    int sup_fd = (int)syscall(SYS_pidfd_open, supervisor, 0);
+    if (app_fd < 0 || sup_fd < 0) {  /* no pidfd, or the supervisor is already gone */
+        if (app_fd >= 0) close(app_fd);
+        if (sup_fd >= 0) close(sup_fd);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) fail(122, "fork of the guard: %s", strerror(errno));
+    if (pid > 0) {  /* the launcher: reap the intermediate, go on */
+        close(app_fd);
+        close(sup_fd);
+        waitpid(pid, NULL, 0);
+        return;
+    }
+    setsid();
+    if (fork() != 0) _exit(0);
+    /* Never hold the app's stdio pipes open: the host reads them until EOF. */
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) { dup2(devnull, 0); dup2(devnull, 1); dup2(devnull, 2); }
+    for (int fd = 3; fd < 1024; fd++)
+        if (fd != app_fd && fd != sup_fd) close(fd);
+    signal(SIGHUP, SIG_IGN);
+    struct pollfd fds[2] = { { app_fd, POLLIN, 0 }, { sup_fd, POLLIN, 0 } };
+    while (poll(fds, 2, -1) < 0 && errno == EINTR) { }
+    int sup_dead = fds[1].revents != 0;
+    if (!sup_dead) {
+        /* The app ended first. If that was the supervisor's PDEATHSIG, its own exit
+         * follows within moments: give it that long. */
+        struct pollfd s = { sup_fd, POLLIN, 0 };
+        sup_dead = poll(&s, 1, 1000) > 0;
+    }
+    if (sup_dead) sweep();
+    _exit(0);
+}
+
+int main(int argc, char **argv) {
+    int first = parse(argc, argv);
+    if (first >= argc) fail(121, "nothing to run");
+    if (opt.setsid && setsid() < 0) fail(122, "setsid: %s", strerror(errno));
+    if (opt.pdeathsig && prctl(PR_SET_PDEATHSIG, opt.pdeathsig, 0, 0, 0) != 0)
+        fail(122, "prctl(PDEATHSIG): %s", strerror(errno));
+    pid_t supervisor = opt.parent > 0 ? (pid_t)opt.parent : getppid();
+    /* The parent may have died between fork and prctl: then nobody would kill us. */
+    if (opt.pdeathsig && getppid() != supervisor) _exit(122);
+    if (opt.guard) guard(supervisor);
+    char pid[32];
+    int plen = snprintf(pid, sizeof pid, "%d", (int)getpid());
+    for (int i = 0; i < opt.n_cgroups; i++) {
+        int fd = open(opt.cgroups[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, pid, (size_t)plen) != plen)
+            fail(122, "cannot join cgroup %s: %s", opt.cgroups[i], strerror(errno));
+        close(fd);
+    }
+    for (int i = 0; i < opt.n_rlimits; i++) {
+        struct rlimit r = { opt.rlimits[i].soft, opt.rlimits[i].hard };
+        if (setrlimit(opt.rlimits[i].resource, &r) != 0)
+            fail(122, "setrlimit %d: %s", opt.rlimits[i].resource, strerror(errno));
+    }
+    /* A write past RLIMIT_FSIZE then fails with EFBIG instead of killing the app. */
+    if (opt.fsize_limited) signal(SIGXFSZ, SIG_IGN);
+    if (opt.unshare_net && unshare(CLONE_NEWNET) != 0)
+        fail(122, "unshare(CLONE_NEWNET): %s", strerror(errno));
+    if (opt.no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        fail(122, "prctl(NO_NEW_PRIVS): %s", strerror(errno));
+    if (opt.uid >= 0) {
+        if (setgroups(0, NULL) != 0 || setgid((gid_t)opt.gid) != 0 || setuid((uid_t)opt.uid) != 0)
+            fail(122, "cannot become uid %ld: %s", opt.uid, strerror(errno));
+    }
+    execvp(argv[first], argv + first);
+    fail(127, "cannot run %s: %s", argv[first], strerror(errno));
+    return 127;
+}
