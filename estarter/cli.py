@@ -65,8 +65,7 @@ def run(
                       ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Run an app in the foreground and exit with its exit code: on the runtime that
-    is up for this home if there is one, else on an embedded one."""
+    """Run an app in the foreground and exit with its exit code (on the runtime that is up, else an embedded one)."""  # noqa: E501
     from .daemon import reachable, read_runtime
     from .runtime import Runtime
 

@@ -182,8 +182,7 @@ def ps(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def inspect(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """What was applied to a running app (limits, sandbox), or for an app at rest its
-    manifest, grants and last exit."""
+    """Running: what was applied (limits, sandbox); at rest: manifest, grants, last exit."""
     from .apps import describe
     from .daemon import read_runtime
 
@@ -259,8 +258,7 @@ def up(address: Annotated[str | None, typer.Option(
 
 
 def down(grace: GraceOpt = 5.0, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Stop what up started: apps (they come back on the next up per policy), the
-    kernel, the supervisors and our Ray head."""
+    """Stop what up started: apps (back on the next up per policy), kernel, Ray head."""
     from .daemon import down as do_down
 
     root = home_of(home)
@@ -271,7 +269,7 @@ def down(grace: GraceOpt = 5.0, home: HomeOpt = None, as_json: JsonOpt = False) 
 
 
 def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
-    """What this host can enforce, one line per capability, and the runtime's state."""
+    """What this host can enforce, one line per capability; whether a runtime is up."""
     from .daemon import reachable, read_runtime
     from .hosting.limits import host_capabilities
 
