@@ -16,16 +16,30 @@ from .options import NAMESPACE
 DEFAULT_TIMEOUT = 120.0
 
 
-def init(address: str | None = None) -> None:
-    """Connect to ``address``, or start an embedded local Ray. Idempotent."""
+def init(address: str | None = None, resources: dict[str, float] | None = None) -> None:
+    """Connect to ``address``, or start an embedded local Ray. Idempotent.
+
+    A Ray started here advertises ``resources``, by default estarter's app slots
+    (see estarter.placement); a cluster joined by address advertises its own.
+    """
     if ray.is_initialized():
         return
+    extra: dict[str, Any] = {}
+    if not address or address == "local":
+        if resources is None:
+            import psutil
+
+            from estarter.placement import node_resources
+
+            resources = node_resources(psutil.virtual_memory().total)
+        extra["resources"] = resources
     ray.init(
         address=address or "local",
         namespace=NAMESPACE,
         include_dashboard=False,
         log_to_driver=bool(os.environ.get("ESTARTER_RAY_LOGS")),
         configure_logging=False,
+        **extra,
     )
 
 
@@ -108,6 +122,25 @@ def node_id() -> str:
 
 def node_alive(node: str) -> bool:
     return any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """Live nodes as {"id", "address", "resources"} (total resources)."""
+    return [{"id": n["NodeID"], "address": n.get("NodeManagerAddress", ""),
+             "resources": dict(n.get("Resources", {}))}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def available_resources() -> dict[str, float]:
+    """Free resources summed over the cluster."""
+    return {k: float(v) for k, v in ray.available_resources().items()}
+
+
+def node_affinity(node: str) -> Any:
+    """A hard scheduling strategy: run on ``node`` (a node id) or nowhere."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 class SyncProxy:

@@ -1,9 +1,18 @@
-"""Supervisor actors for the kernel: created from a warm pool, then watched.
+"""Supervisor actors for the kernel: placed by Ray, created from a warm pool, then watched.
+
+Placement (see estarter.placement): an app's supervisor asks Ray for the CPU and
+memory its manifest names, one ``estarter_app_slot`` (when the cluster advertises
+slots) and, with ``node=``, a hard affinity to that node. Ray's scheduler picks the
+node. A request no live node could ever hold is refused at once (Unschedulable);
+one that could fit but finds the cluster full is pending, and is refused after
+``pending_timeout`` seconds unless free capacity shows it is only slow to start.
 
 Starting a Ray actor means starting a worker process (about 0.4 s here); a launch
-should not wait for that. The pool keeps ``size`` idle supervisors started ahead
-and refills in the background. A supervisor that dies without reporting its
-app's end is reported as ``supervisor_lost`` (``node_lost`` if its node is gone).
+should not wait for that. The pool keeps ``size`` idle supervisors that ask only
+for a slot, started ahead, and refills in the background: apps with no CPU, memory
+or node request take one; others get a dedicated actor, never returned to the pool
+(it holds their resources). A supervisor that dies without reporting its app's end
+is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 """
 
 from __future__ import annotations
@@ -11,19 +20,31 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from estarter.errors import EstarterError, LaunchError
+from estarter import placement
+from estarter.errors import EstarterError, LaunchError, Unschedulable
 from estarter.hosting.base import ExitReason
 from estarter.kernel.core import lost
+from estarter.placement import NodeView, ResourceRequest
 from estarter.policy import SandboxPolicy
 
 from . import ray_api
 from .supervisor import SupervisorActor
 
 DEFAULT_POOL = int(os.environ.get("ESTARTER_SUPERVISOR_POOL", "1"))
+# How long a launch may stay pending for capacity before it is refused.
+PENDING_SECONDS = float(os.environ.get("ESTARTER_PENDING_SECONDS", "30"))
+# A pending actor that would fit the free capacity is only slow to start (worker
+# start-up under load); it may take this many pending periods before we give up.
+SLOW_START_PERIODS = 4
+# A dead supervisor's node may still look alive for a while when Ray's error does
+# not say why it died: the GCS marks a node dead only after its health checks fail
+# (about 30 s by default). Ask again for this long before calling it ``supervisor_lost``.
+NODE_DEATH_GRACE = float(os.environ.get("ESTARTER_NODE_DEATH_GRACE", "40"))
 
 # (app_id, run_id, info) -> None, and (app_id, run_id, exit dict) -> None
 RunningCallback = Callable[[str, int, dict[str, Any]], None]
@@ -46,37 +67,51 @@ class RaySupervisorPort:
 
 
 class SupervisorPool:
-    """Idle supervisor actors, started ahead. Thread-safe."""
+    """Idle supervisor actors, started ahead. Thread-safe.
 
-    def __init__(self, size: int = DEFAULT_POOL) -> None:
+    ``options`` gives the Ray options of a pool actor (a slot, when the cluster
+    has slots): asked at each fill, so a pool follows the cluster it runs on.
+    """
+
+    def __init__(self, size: int = DEFAULT_POOL,
+                 options: Callable[[], dict[str, Any]] | None = None) -> None:
         self.size = max(0, size)
+        self._options = options or dict
         self._lock = threading.Lock()
         self._idle: collections.deque[tuple[Any, Any]] = collections.deque()
         self.fill()
 
     def fill(self) -> None:
         with self._lock:
+            missing = self.size - len(self._idle)
+        if missing <= 0:
+            return
+        opts = self._options()
+        with self._lock:
             while len(self._idle) < self.size:
-                handle = SupervisorActor.remote()
+                handle = SupervisorActor.options(**opts).remote()
                 self._idle.append((handle, handle.ready.remote()))
 
-    def take(self, options: dict[str, Any] | None = None) -> Any:
-        """A supervisor actor: a warm one when the app needs no special placement."""
+    def take(self, options: dict[str, Any] | None = None) -> tuple[Any, Any, bool]:
+        """(actor, readiness ref, dedicated). Dedicated: made for these ``options``."""
         if options:
-            return SupervisorActor.options(**options).remote()
+            handle = SupervisorActor.options(**options).remote()
+            return handle, handle.ready.remote(), True
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
-        if pair is None:
-            return SupervisorActor.remote()
-        handle, ready = pair
-        if not ray_api.get(ready, timeout=120):  # reset refused: it still runs an app
-            return SupervisorActor.remote()
-        # Refill a little later: a new worker's start-up should not compete for the
-        # CPU with the app being launched right now.
-        timer = threading.Timer(1.0, self.fill)
-        timer.daemon = True
-        timer.start()
-        return handle
+        if pair is not None:
+            # Refill a little later: a new worker's start-up should not compete for
+            # the CPU with the app being launched right now.
+            timer = threading.Timer(1.0, self.fill)
+            timer.daemon = True
+            timer.start()
+            return pair[0], pair[1], False
+        return self.fresh()
+
+    def fresh(self) -> tuple[Any, Any, bool]:
+        """A new pool-kind supervisor, for when no idle one is at hand."""
+        handle = SupervisorActor.options(**self._options()).remote()
+        return handle, handle.ready.remote(), False
 
     def give_back(self, handle: Any) -> None:
         """Reuse a supervisor whose app ended, or kill it if the pool is full."""
@@ -95,27 +130,63 @@ class SupervisorPool:
 
 
 class RaySpawner:
-    def __init__(self, home: Path, pool_size: int = DEFAULT_POOL) -> None:
+    places_apps = True  # Kernel.launch passes ``node=`` only to spawners that place
+
+    def __init__(self, home: Path, pool_size: int = DEFAULT_POOL,
+                 pending_timeout: float = PENDING_SECONDS) -> None:
         self.home = home
+        self.pending_timeout = pending_timeout
+        self.rules: Any = None  # RestartRules for every supervisor (None: its env's)
         self.on_running: RunningCallback | None = None
         self.on_exited: ExitedCallback | None = None
-        self.pool = SupervisorPool(pool_size)
+        self.pool = SupervisorPool(pool_size, self._pool_options)
         self._lock = threading.Lock()
-        self._watched: dict[Any, tuple[str, int, Any, str]] = {}
+        self._watched: dict[Any, tuple[str, int, Any, str, bool]] = {}
         self._wake = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name="estarter-supervisor-watch")
         self._watcher.start()
 
-    def placement(self, policy: SandboxPolicy) -> dict[str, Any]:
-        """Ray options for this app's supervisor; empty means any warm one will do."""
-        return {}
+    # -- placement -------------------------------------------------------------
 
-    def spawn(self, policy: SandboxPolicy, run_id: int) -> RaySupervisorPort:
-        handle = self.pool.take(self.placement(policy))
+    def request(self, policy: SandboxPolicy, node: str | None = None) -> ResourceRequest:
+        """What this app asks of the cluster; Unschedulable if no live node could hold it."""
+        nodes = _nodes()
+        node_id = None
+        if node is not None:
+            node_id = placement.resolve_node(node, nodes)
+            if node_id is None:
+                raise Unschedulable(f"{policy.app_id}: unschedulable: {node!r} names no "
+                                    f"live node (give a node id or address)",
+                                    {"appId": policy.app_id, "node": node})
+        req = placement.request_for(policy, slots=placement.has_slots(nodes), node_id=node_id)
+        why = placement.unfit_reason(req, nodes)
+        if why is not None:
+            raise Unschedulable(f"{policy.app_id}: unschedulable: {why}",
+                                {"appId": policy.app_id, "request": req.ray_resources()})
+        return req
+
+    def placement(self, policy: SandboxPolicy, node: str | None = None) -> dict[str, Any]:
+        """Ray options for this app's supervisor; empty means any warm one will do."""
+        return _options(self.request(policy, node))
+
+    # -- spawning --------------------------------------------------------------
+
+    def spawn(self, policy: SandboxPolicy, run_id: int,
+              node: str | None = None) -> RaySupervisorPort:
+        req = self.request(policy, node)
+        handle, ready, dedicated = self.pool.take(_options(req))
         try:
-            started = ray_api.get(handle.start.remote(policy, run_id, str(self.home)),
+            if self._wait_placed(policy, req, ready) is False:
+                # A pooled supervisor refused its reset (it still runs an app).
+                handle, ready, dedicated = self.pool.fresh()
+                self._wait_placed(policy, req, ready)
+            started = ray_api.get(handle.start.remote(policy, run_id, str(self.home),
+                                                      self.rules),
                                   timeout=120)
+        except Unschedulable:
+            ray_api.kill(handle)
+            raise
         except EstarterError as exc:
             ray_api.kill(handle)
             raise LaunchError(f"{policy.app_id}: {exc.message}") from None
@@ -123,12 +194,43 @@ class RaySpawner:
             self.on_running(policy.app_id, run_id, started)
         with self._lock:
             self._watched[handle.wait.remote(None)] = (policy.app_id, run_id, handle,
-                                                       started.get("nodeId", ""))
+                                                       started.get("nodeId", ""), dedicated)
         self._wake.set()
         return RaySupervisorPort(handle)
 
+    def _wait_placed(self, policy: SandboxPolicy, req: ResourceRequest, ready: Any) -> Any:
+        """The readiness value once Ray has placed and started the actor. Bounded:
+        Unschedulable when it stays pending while the cluster has no room for it."""
+        started = time.monotonic()
+        for _ in range(SLOW_START_PERIODS):
+            done, _ = ray_api.wait([ready], timeout=self.pending_timeout)
+            if done:
+                return ray_api.get(ready, timeout=60)
+            if not placement.fits(req, ray_api.available_resources()):
+                break  # pending for capacity, not merely slow to start
+        waited = time.monotonic() - started
+        raise Unschedulable(
+            f"{policy.app_id}: unschedulable: pending for {waited:.0f} s, no node has "
+            f"{req.describe()} free (the cluster is full)",
+            {"appId": policy.app_id, "request": req.ray_resources(), "pending": True})
+
+    def _pool_options(self) -> dict[str, Any]:
+        if placement.has_slots(_nodes()):
+            return {"resources": {placement.APP_SLOT: 1.0}}
+        return {}
+
     def close(self) -> None:
         self.pool.close()
+
+    def watch(self, handle: Any, app_id: str, run_id: int, node: str) -> RaySupervisorPort:
+        """Watch again a supervisor found after a kernel restart (Kernel.recover).
+        Killed, not pooled, when its app ends: it may hold placement resources."""
+        with self._lock:
+            self._watched[handle.wait.remote(None)] = (app_id, run_id, handle, node, True)
+        self._wake.set()
+        return RaySupervisorPort(handle)
+
+    # -- watching --------------------------------------------------------------
 
     def _watch(self) -> None:
         while True:
@@ -141,13 +243,62 @@ class RaySpawner:
             ready, _ = ray_api.wait(refs, timeout=0.5)
             for ref in ready:
                 with self._lock:
-                    app_id, run_id, handle, node = self._watched.pop(ref)
+                    app_id, run_id, handle, node, dedicated = self._watched.pop(ref)
                 try:
-                    ray_api.get(ref, timeout=5)
+                    final = ray_api.get(ref, timeout=5)
                 except EstarterError as exc:
-                    if self.on_exited is not None:
-                        reason = (ExitReason.SUPERVISOR_LOST if ray_api.node_alive(node)
-                                  else ExitReason.NODE_LOST)
-                        self.on_exited(app_id, run_id, lost(reason, str(exc)))
+                    # Classified on a thread of its own: it may wait for the GCS.
+                    threading.Thread(target=self._report_lost,
+                                     args=(app_id, run_id, node, str(exc)), daemon=True,
+                                     name=f"estarter-lost-{app_id}").start()
                     continue
-                self.pool.give_back(handle)  # the app ended: reuse or free its worker
+                if final and self.on_exited is not None:
+                    # Idempotent in the kernel; needed when the supervisor's own report
+                    # was lost because the kernel was restarting (see watch()).
+                    self.on_exited(app_id, run_id, final)
+                if dedicated:
+                    ray_api.kill(handle)  # it holds this app's resources: free them
+                else:
+                    self.pool.give_back(handle)  # the app ended: reuse or free its worker
+
+    def _report_lost(self, app_id: str, run_id: int, node: str, detail: str) -> None:
+        reason = lost_reason(node, detail, ray_api.node_alive, NODE_DEATH_GRACE)
+        if self.on_exited is not None:
+            self.on_exited(app_id, run_id, lost(reason, detail))
+
+
+def lost_reason(node: str, detail: str, node_alive: Callable[[str], bool],
+                grace: float, clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep) -> ExitReason:
+    """``node_lost`` if the supervisor's node died, else ``supervisor_lost``.
+
+    Ray's error names the cause when it knows it ("its node has died" or "its
+    worker process has died"). Otherwise the node is asked about for up to
+    ``grace`` seconds: the GCS marks a node dead only after its health checks fail.
+    """
+    if "node has died" in detail:
+        return ExitReason.NODE_LOST
+    if not node:
+        return ExitReason.SUPERVISOR_LOST
+    if "worker process has died" in detail:
+        grace = 0.0  # the node's raylet reported the death: the node is up
+    deadline = clock() + grace
+    while node_alive(node):
+        if clock() >= deadline:
+            return ExitReason.SUPERVISOR_LOST
+        sleep(0.5)
+    return ExitReason.NODE_LOST
+
+
+def _nodes() -> list[NodeView]:
+    return [NodeView(n["id"], n["address"], n["resources"]) for n in ray_api.alive_nodes()]
+
+
+def _options(req: ResourceRequest) -> dict[str, Any]:
+    """Ray options of a dedicated supervisor for ``req``; {} = a warm pool one will do."""
+    if not req.needs_dedicated:
+        return {}
+    opts = req.actor_options()
+    if req.node_id is not None:
+        opts["scheduling_strategy"] = ray_api.node_affinity(req.node_id)
+    return opts

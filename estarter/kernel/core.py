@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import Busy, EstarterError, NotFound, PermissionDenied
+from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
 from ..hosting.base import ExitInfo, ExitReason, HostState
 from ..manifest import AppManifest, load_manifest
 from ..policy import SandboxPolicy
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
+# Relaunches of one app after node losses (a guard against a cluster losing node
+# after node under it); the next loss ends the app as node_lost.
+MAX_NODE_RELAUNCHES = 5
 
 
 def kernel_db(home: Path) -> Path:
@@ -89,6 +92,7 @@ class AppRecord:
         self.exit: ExitInfo | None = None
         self.pid: int | None = None
         self.node: str | None = None
+        self.node_relaunches = 0  # runs started again after their node was lost
         self.done = threading.Event()
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +191,8 @@ class Kernel:
     def app_exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         """The app's final end (after its supervisor gave up restarting). Idempotent."""
         info = ExitInfo.from_dict(exit_info)
+        if self._relaunch_after_node_loss(app_id, run_id, info, exit_info):
+            return
         with self._lock:
             rec = self._apps.get(app_id)
             if rec is None or rec.run_id != run_id or rec.exit is not None:
@@ -204,13 +210,55 @@ class Kernel:
         rec.done.set()
         self.push_all("system.event", {"name": "app.terminated", "data": {"appId": app_id}})
 
+    def _relaunch_after_node_loss(self, app_id: str, run_id: int, info: ExitInfo,
+                                  exit_info: dict[str, Any]) -> bool:
+        """A run lost with its node starts again on a surviving node when the app's
+        restart policy is ``always`` or ``on-failure``: same record (not ended), grants
+        as they are now, a new run id, no node pin. True if a relaunch was started."""
+        if info.reason is not ExitReason.NODE_LOST or exit_info.get("noRelaunch"):
+            return False
+        with self._lock:
+            rec = self._apps.get(app_id)
+            if (rec is None or rec.run_id != run_id or rec.exit is not None
+                    or rec.policy.restart.value not in ("always", "on-failure")
+                    or rec.node_relaunches >= MAX_NODE_RELAUNCHES or self.spawner is None):
+                return False
+            rec.node_relaunches += 1
+            rec.run_id = self.records.next_run_id() if self.records else next(self._run_ids)
+            rec.state, rec.supervisor, rec.pid = HostState.STARTING, None, None
+            rec.policy = rec.policy.with_grants(self.permissions.granted(app_id))
+            new_run, policy = rec.run_id, rec.policy
+        self.events.append("relaunch", app_id, reason=info.reason.value, detail=info.detail,
+                           runId=new_run)
+        threading.Thread(target=self._relaunch, args=(rec, policy, new_run), daemon=True,
+                         name=f"estarter-relaunch-{app_id}").start()
+        return True
+
+    def _relaunch(self, rec: AppRecord, policy: SandboxPolicy, run_id: int) -> None:
+        assert self.spawner is not None
+        if self.records is not None:
+            self.records.launched(rec.app_id, run_id, rec.ref, policy.restart.value)
+        try:
+            port = self.spawner.spawn(policy, run_id)
+        except EstarterError as exc:
+            self.app_exited(rec.app_id, run_id, {
+                **lost(ExitReason.NODE_LOST, f"relaunch after node loss failed: {exc}"),
+                "noRelaunch": True})
+            return
+        with self._lock:
+            if rec.run_id == run_id and rec.exit is None:
+                rec.supervisor = port
+
     # -- operator / runtime ----------------------------------------------------
 
     def launch(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
-               strict: bool | None = None) -> dict[str, Any]:
-        """Resolve an app (folder, package or id), apply grants, start its supervisor."""
+               strict: bool | None = None, node: str | None = None) -> dict[str, Any]:
+        """Resolve an app (folder, package or id), apply grants, start its supervisor
+        (on ``node`` when given: a spawner that places apps, i.e. Ray, only)."""
         if self.spawner is None:
             raise EstarterError("this kernel cannot launch apps (no spawner)")
+        if node is not None and not getattr(self.spawner, "places_apps", False):
+            raise NotSupported("node affinity needs a Ray runtime", {"node": node})
         self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
         app_id = manifest.id
@@ -232,8 +280,10 @@ class Kernel:
             self._quotas[app_id] = policy.disk_quota_bytes
         if self.records is not None:
             self.records.launched(app_id, run_id, ref, policy.restart.value)
+        spawn: Any = self.spawner.spawn  # ``node=`` is not part of the Spawner protocol
         try:
-            rec.supervisor = self.spawner.spawn(policy, rec.run_id)
+            rec.supervisor = (spawn(policy, rec.run_id) if node is None
+                              else spawn(policy, rec.run_id, node=node))
         except EstarterError as exc:
             self.app_exited(app_id, rec.run_id, {"code": None, "reason": "crashed",
                                                  "detail": str(exc), "failed": True})
