@@ -10,13 +10,17 @@ from __future__ import annotations
 import builtins
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ApiTimeout, EstarterError, NotFound, RuntimeClosed
 from .hosting.base import ExitInfo, ExitReason
 from .paths import default_home, log_file
 from .supervision import RestartRules
+
+if TYPE_CHECKING:
+    from .functions import FunctionFuture
 
 
 class AppHandle:
@@ -133,13 +137,17 @@ class Runtime:
     # -- apps ------------------------------------------------------------------
 
     def launch(self, ref: str | os.PathLike[str], grants: list[str] | None = None,
-               grant_all: bool = False) -> AppHandle:
-        """Start an app from a folder, a package or an installed id."""
+               grant_all: bool = False, node: str | None = None) -> AppHandle:
+        """Start an app from a folder, a package or an installed id. ``node`` (a Ray
+        node id or address) pins it to that node; Unschedulable if it cannot run there."""
         self._check()
         target = str(ref)
         if os.path.exists(target):
             target = str(Path(target).resolve())
-        record = self.kernel.launch(target, grants or [], grant_all)
+        if node is None:
+            record = self.kernel.launch(target, grants or [], grant_all)
+        else:
+            record = self.kernel.launch(target, grants or [], grant_all, node=node)
         return AppHandle(self, record)
 
     start_app = launch
@@ -205,6 +213,29 @@ class Runtime:
 
     def event_cursor(self) -> int:
         return int(self.kernel.event_cursor())
+
+    # -- sandboxed functions (estarter.functions) -------------------------------
+
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               limits: dict[str, Any] | None = None, **kwargs: Any) -> FunctionFuture:
+        """Run ``fn(*args, **kwargs)`` in a sandboxed child under ``limits``
+        (manifest keys: memoryLimitMb, cpuQuota, maxRuntimeSeconds, maxProcesses,
+        networkAllowed), on some node of the cluster (in local mode: here)."""
+        self._check()
+        if self.local:
+            from .functions import submit_local
+
+            return submit_local(fn, args, kwargs, limits)
+        from actors.functions import submit
+
+        return submit(fn, args, kwargs, limits)
+
+    def map(self, fn: Callable[..., Any], iterable: Iterable[Any],
+            limits: dict[str, Any] | None = None) -> Iterator[Any]:
+        """``fn`` over every item, all submitted at once; results in order (an
+        item's typed error is raised when its turn comes)."""
+        futures = [self.submit(fn, item, limits=limits) for item in iterable]
+        return (f.result() for f in futures)
 
     def notifications(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self.kernel.notifications(limit))
