@@ -162,3 +162,17 @@ def node_resources(memory_bytes: int, env: Mapping[str, str] | None = None
                    ) -> dict[str, float]:
     """Custom resources a node started by estarter advertises (``ray.init``/``ray start``)."""
     return {APP_SLOT: float(slots_for_node(memory_bytes, env))}
+
+
+def main() -> None:
+    """``python -m estarter.placement``: this node's custom resources as JSON, for
+    ``ray start --resources=...`` (see cluster.yaml)."""
+    import json
+
+    import psutil
+
+    print(json.dumps(node_resources(psutil.virtual_memory().total)))
+
+
+if __name__ == "__main__":
+    main()
