@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 from typing import Any
 
 import ray
 import ray.exceptions
 
-from estarter.errors import ApiTimeout, EstarterError, InternalError, NotFound
+from estarter.errors import (
+    ActorUnavailable,
+    ApiTimeout,
+    EstarterError,
+    InternalError,
+    NotFound,
+)
 
 from .options import NAMESPACE
 
@@ -24,6 +31,7 @@ def init(address: str | None = None, resources: dict[str, float] | None = None) 
     """
     if ray.is_initialized():
         return
+    _reload_auth_env()
     extra: dict[str, Any] = {}
     if not address or address == "local":
         if resources is None:
@@ -66,8 +74,8 @@ def translate(exc: BaseException) -> BaseException:
         return InternalError(f"{type(cause).__name__}: {cause}")
     if isinstance(exc, ray.exceptions.GetTimeoutError):
         return ApiTimeout("the runtime did not answer in time")
-    if isinstance(exc, ray.exceptions.RayActorError):
-        return NotFound(f"actor is gone: {exc}")
+    if isinstance(exc, ray.exceptions.RayActorError):  # dead, or restarting
+        return ActorUnavailable(f"actor is gone: {exc}")
     return exc
 
 
@@ -166,3 +174,65 @@ class SyncProxy:
             return get(method.remote(*args, **kwargs), self._timeout)
 
         return call
+
+
+# -- named detached actors (issue 6: a persistent runtime and its clean-up) -----------
+
+
+def actor_name() -> str:
+    """The name of the actor this code runs in ('' if unnamed or not in an actor)."""
+    try:
+        return str(ray.get_runtime_context().get_actor_name() or "")
+    except Exception:  # not in an actor
+        return ""
+
+
+def named_actors(prefix: str) -> list[str]:
+    """Names in estarter's namespace that start with ``prefix``."""
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(n["name"] for n in names
+                  if n.get("namespace") == NAMESPACE and n["name"].startswith(prefix))
+
+
+def kill_named(prefix: str, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Kill every named actor whose name starts with ``prefix`` (except ``keep``);
+    returns the names killed. Detached actors outlive their creator, so whoever
+    ends a runtime sweeps them by name."""
+    killed = []
+    for name in named_actors(prefix):
+        if name in keep:
+            continue
+        try:
+            kill(get_actor(name))
+            killed.append(name)
+        except EstarterError:
+            pass  # gone meanwhile
+    return killed
+
+
+def call_retrying(method: Any, args: tuple[Any, ...], retry_for: float,
+                  interval: float = 0.1, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    """``get(method.remote(*args))``, submitted again while the actor is dead or
+    restarting (ActorUnavailable), for up to ``retry_for`` seconds."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            return get(method.remote(*args), timeout)
+        except ActorUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(interval)
+
+
+def _reload_auth_env() -> None:
+    """Make Ray read ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH`` again: it caches them
+    when it is imported, and estarter sets them per runtime (estarter.daemon.use_auth)."""
+    try:
+        from ray._raylet import (  # type: ignore[attr-defined]  # Cython, no stubs
+            AuthenticationTokenLoader,
+            Config,
+        )
+    except ImportError:  # another Ray version: nothing cached this way
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
