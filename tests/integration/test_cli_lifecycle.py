@@ -121,7 +121,7 @@ def test_inspect_and_logs_of_a_running_app(shared_home: Path, tmp_path: Path) ->
     ok_json(home, "start", "sleeper")
     info = ok_json(home, "inspect", "sleeper")
     assert info["state"] == "running" and "limits" in info["host"]
-    assert wait_until(lambda: "awake" in estarter(home, "logs", "sleeper").stdout, 30)
+    assert wait_until(lambda: "awake" in estarter(home, "logs", "sleeper").stdout, 60)
     assert ok_json(home, "restart", "sleeper")["runId"] > info["runId"]
     ok_json(home, "stop", "sleeper")
 
