@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .errors import EstarterError
+from .hosting.base import ExitInfo, ExitReason
+
 if TYPE_CHECKING:
     from .runtime import AppHandle, Runtime
 
-__all__ = ["AppHandle", "Runtime", "__version__"]
+__all__ = ["AppHandle", "EstarterError", "ExitInfo", "ExitReason", "Runtime", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
