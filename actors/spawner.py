@@ -55,9 +55,17 @@ class RaySupervisorPort:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         self._proxy = ray_api.SyncProxy(handle, timeout=60)
+        # The app's final exit, once the watcher has it: the watcher then frees the
+        # actor, and a stop() racing with that free answers with this instead.
+        self.final: dict[str, Any] | None = None
 
     def stop(self, grace: float) -> dict[str, Any]:
-        return dict(self._proxy.stop(grace))
+        try:
+            return dict(self._proxy.stop(grace))
+        except EstarterError:
+            if self.final is not None:
+                return dict(self.final)
+            raise
 
     def notify(self, method: str, params: Any) -> None:
         self.handle.notify.remote(method, params)
@@ -141,7 +149,8 @@ class RaySpawner:
         self.on_exited: ExitedCallback | None = None
         self.pool = SupervisorPool(pool_size, self._pool_options)
         self._lock = threading.Lock()
-        self._watched: dict[Any, tuple[str, int, Any, str, bool]] = {}
+        # wait() ref -> (app id, run id, port, node id, dedicated)
+        self._watched: dict[Any, tuple[str, int, RaySupervisorPort, str, bool]] = {}
         self._wake = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name="estarter-supervisor-watch")
@@ -192,11 +201,8 @@ class RaySpawner:
             raise LaunchError(f"{policy.app_id}: {exc.message}") from None
         if self.on_running is not None:
             self.on_running(policy.app_id, run_id, started)
-        with self._lock:
-            self._watched[handle.wait.remote(None)] = (policy.app_id, run_id, handle,
-                                                       started.get("nodeId", ""), dedicated)
-        self._wake.set()
-        return RaySupervisorPort(handle)
+        return self._add_watch(handle, policy.app_id, run_id, started.get("nodeId", ""),
+                               dedicated)
 
     def _wait_placed(self, policy: SandboxPolicy, req: ResourceRequest, ready: Any) -> Any:
         """The readiness value once Ray has placed and started the actor. Bounded:
@@ -225,10 +231,15 @@ class RaySpawner:
     def watch(self, handle: Any, app_id: str, run_id: int, node: str) -> RaySupervisorPort:
         """Watch again a supervisor found after a kernel restart (Kernel.recover).
         Killed, not pooled, when its app ends: it may hold placement resources."""
+        return self._add_watch(handle, app_id, run_id, node, True)
+
+    def _add_watch(self, handle: Any, app_id: str, run_id: int, node: str,
+                   dedicated: bool) -> RaySupervisorPort:
+        port = RaySupervisorPort(handle)
         with self._lock:
-            self._watched[handle.wait.remote(None)] = (app_id, run_id, handle, node, True)
+            self._watched[handle.wait.remote(None)] = (app_id, run_id, port, node, dedicated)
         self._wake.set()
-        return RaySupervisorPort(handle)
+        return port
 
     # -- watching --------------------------------------------------------------
 
@@ -243,7 +254,7 @@ class RaySpawner:
             ready, _ = ray_api.wait(refs, timeout=0.5)
             for ref in ready:
                 with self._lock:
-                    app_id, run_id, handle, node, dedicated = self._watched.pop(ref)
+                    app_id, run_id, port, node, dedicated = self._watched.pop(ref)
                 try:
                     final = ray_api.get(ref, timeout=5)
                 except EstarterError as exc:
@@ -252,14 +263,15 @@ class RaySpawner:
                                      args=(app_id, run_id, node, str(exc)), daemon=True,
                                      name=f"estarter-lost-{app_id}").start()
                     continue
+                port.final = final
                 if final and self.on_exited is not None:
                     # Idempotent in the kernel; needed when the supervisor's own report
                     # was lost because the kernel was restarting (see watch()).
                     self.on_exited(app_id, run_id, final)
                 if dedicated:
-                    ray_api.kill(handle)  # it holds this app's resources: free them
+                    ray_api.kill(port.handle)  # it holds this app's resources: free them
                 else:
-                    self.pool.give_back(handle)  # the app ended: reuse or free its worker
+                    self.pool.give_back(port.handle)  # the app ended: reuse or free it
 
     def _report_lost(self, app_id: str, run_id: int, node: str, detail: str) -> None:
         reason = lost_reason(node, detail, ray_api.node_alive, NODE_DEATH_GRACE)
