@@ -1,0 +1,229 @@
+"""DESIGN targets 5 and 2, on an embedded local Ray (one machine).
+
+5. Density: 100 trivial apps at once (each connects, answers one call, sleeps).
+   - supervisor memory: median USS of a supervisor worker vs an idle Ray actor's
+     worker: <= 1.2x;
+   - time until all 100 have answered a call vs starting 100 idle Ray actors;
+   - memory of it all (supervisors plus apps) vs 100 idle Ray actors.
+2. Throughput: 8 apps calling ``system.ping`` at once, one call in flight each, for
+   a fixed window; total calls/s vs raw Ray with 8 caller actors each calling its
+   own echo actor the same way (n:n): >= 0.7x. Reported as time per call (the
+   inverse), so the report's "lower is better" rule applies: <= 1/0.7 = 1.43x.
+   The n:1 figure (8 callers, one echo actor, like 8 apps and one kernel) is shown
+   for reference.
+
+Run: ``python -m benchmarks cluster``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import statistics
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+Report = Callable[[str, float, float, "float | None", str], None]
+MIB = 1024 * 1024
+APPS = 100
+CALLERS = 8
+WINDOW = 3.0  # seconds of calls, all callers at once
+
+DENSITY_APP = """
+import time
+from sdk import EStarterClient
+client = EStarterClient.connect()
+client.ui.notify("up", "1")
+time.sleep(600)
+"""
+
+PING_APP = """
+import json, time
+from sdk import EStarterClient
+client = EStarterClient.connect()
+for _ in range(200):
+    client.call("system.ping")
+while time.time() < START_AT:
+    time.sleep(0.001)
+n, end = 0, START_AT + WINDOW
+while time.time() < end:
+    client.call("system.ping")
+    n += 1
+client.ui.notify("calls", json.dumps(n))
+"""
+
+
+def _write_app(root: Path, app_id: str, source: str) -> Path:
+    folder = root / app_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(textwrap.dedent(source))
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": app_id, "runtime": "python", "entry": "app.py"}))
+    return folder
+
+
+def _uss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except psutil.Error:
+        return 0
+
+
+def _tree_uss(pid: int) -> int:
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return 0
+    return sum(_uss(p.pid) for p in procs)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _count(rt: Any, title: str) -> int:
+    return sum(1 for n in rt.notifications(10 * APPS) if n["title"] == title)
+
+
+# -- raw Ray baselines ----------------------------------------------------------------
+
+
+def _idle_actors(n: int) -> tuple[float, list[int]]:
+    """Start ``n`` idle actors at once: (seconds until all answered, their USS)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def pid(self) -> int:
+            return os.getpid()
+
+    t0 = time.monotonic()
+    actors = [Idle.remote() for _ in range(n)]  # type: ignore[attr-defined]
+    pids = ray.get([a.pid.remote() for a in actors], timeout=600)
+    elapsed = time.monotonic() - t0
+    time.sleep(1.0)  # let the workers settle after start-up, as for the apps
+    uss = [_uss(p) for p in pids]
+    for a in actors:
+        ray.kill(a)
+    return elapsed, [u for u in uss if u]
+
+
+def _raw_calls_per_second(n: int, shared: bool) -> float:
+    """n caller actors, one sync call in flight each, for WINDOW seconds at once."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ping(self) -> dict[str, Any]:
+            return {"pong": True, "time": time.time()}
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def __init__(self, target: Any) -> None:
+            self.target = target
+
+        def run(self, start_at: float, window: float) -> int:
+            for _ in range(200):
+                ray.get(self.target.ping.remote())
+            while time.time() < start_at:
+                time.sleep(0.001)
+            count, end = 0, start_at + window
+            while time.time() < end:
+                ray.get(self.target.ping.remote())
+                count += 1
+            return count
+
+    echoes = [Echo.remote() for _ in range(1 if shared else n)]  # type: ignore[attr-defined]
+    callers = [Caller.remote(echoes[0 if shared else i])  # type: ignore[attr-defined]
+               for i in range(n)]
+    start_at = time.time() + 5.0
+    counts = ray.get([c.run.remote(start_at, WINDOW) for c in callers], timeout=120)
+    for a in echoes + callers:
+        ray.kill(a)
+    return sum(counts) / WINDOW
+
+
+# -- estarter ---------------------------------------------------------------------------
+
+
+def _density(rt: Any, root: Path, report: Report) -> None:
+    folders = [_write_app(root, f"dense{i:03d}", DENSITY_APP) for i in range(APPS)]
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(rt.launch, folders))
+    _wait(lambda: _count(rt, "up") >= APPS, 600, f"{APPS} apps answering")
+    ours_start = time.monotonic() - t0
+    time.sleep(1.0)  # same settling as for the idle actors
+    sup_uss, app_uss = [], []
+    for i in range(APPS):
+        pid = rt.info(f"dense{i:03d}")["host"]["pid"]
+        sup_uss.append(_uss(psutil.Process(pid).ppid()))
+        app_uss.append(_tree_uss(pid))
+    t1 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: rt.stop(f"dense{i:03d}", grace=0.5), range(APPS)))
+    stop_s = time.monotonic() - t1
+    base_start, idle_uss = _idle_actors(APPS)
+    idle = statistics.median(idle_uss)
+    report("target 5: supervisor USS (median) vs idle Ray actor", statistics.median(sup_uss)
+           / MIB, idle / MIB, 1.2, "MiB")
+    report(f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
+           ours_start, base_start, None, "s")
+    report(f"{APPS} apps: supervisors + apps USS vs {APPS} idle actors",
+           (sum(sup_uss) + sum(app_uss)) / MIB, idle * APPS / MIB,
+           None, "MiB")
+    report(f"{APPS} apps: one app's process tree USS (median), stop all: {stop_s:.1f} s",
+           statistics.median(app_uss) / MIB, idle / MIB, None, "MiB")
+
+
+def _throughput(rt: Any, root: Path, report: Report) -> None:
+    start_at = time.time() + 15.0  # all 8 launched and warmed up by then
+    src = PING_APP.replace("START_AT", repr(start_at)).replace("WINDOW", repr(WINDOW))
+    folders = [_write_app(root, f"pinger{i}", src) for i in range(CALLERS)]
+    for folder in folders:
+        rt.launch(folder)
+    if time.time() > start_at:
+        raise RuntimeError("launching the callers took longer than the start delay")
+    _wait(lambda: _count(rt, "calls") >= CALLERS, 120, "callers reporting")
+    total = sum(int(n["message"]) for n in rt.notifications(1000) if n["title"] == "calls")
+    ours = total / WINDOW
+    nn = _raw_calls_per_second(CALLERS, shared=False)
+    n1 = _raw_calls_per_second(CALLERS, shared=True)
+    report(f"target 2: 8 apps ping at once ({ours:.0f}/s) vs raw Ray n:n ({nn:.0f}/s), "
+           f"per call", 1e6 / ours, 1e6 / nn, round(1 / 0.7, 2), "us")
+    report(f"8 apps ping at once vs raw Ray n:1 ({n1:.0f}/s), per call (reference)",
+           1e6 / ours, 1e6 / n1, None, "us")
+
+
+def run(report: Report) -> None:
+    from actors import ray_api
+    from estarter.runtime import Runtime
+
+    ray_api.init()  # embedded local Ray with app slots, unless one is up already
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rt = Runtime.start(home=root / "home")
+        try:
+            _throughput(rt, root, report)
+            _density(rt, root, report)
+        finally:
+            rt.shutdown()
+
+
+if __name__ == "__main__":
+    def _print(name: str, ours: float, base: float, target: float | None, unit: str) -> None:
+        print(f"{name}: ours {ours:.3f} {unit}, baseline {base:.3f} {unit}, "
+              f"ratio {ours / base:.2f}x (target {target}x)")
+
+    run(_print)
