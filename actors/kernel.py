@@ -111,7 +111,10 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
             raise Busy(f"the kernel on this Ray serves {desc['home']} and runs apps")
         ray_api.kill(existing)
         _wait_name_free(KERNEL_OPTIONS["name"], timeout=30)
-    opts: dict[str, Any] = {"get_if_exists": True}
+    # The kernel keeps its state under ESTARTER_HOME on this machine's disk: it must
+    # run here, never on whichever node Ray would pick for a zero-CPU actor.
+    opts: dict[str, Any] = {"get_if_exists": True,
+                            "scheduling_strategy": ray_api.node_affinity(ray_api.node_id())}
     if detached:
         opts["lifetime"] = "detached"
     handle = KernelActor.options(**opts).remote(
