@@ -63,6 +63,8 @@ def run(
     strict: Annotated[bool, typer.Option("--strict",
                                          help="Refuse to run if a limit cannot be applied")
                       ] = False,
+    node: Annotated[str | None, typer.Option(
+        "--node", help="Run on this Ray node (node id, unique id prefix or address)")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run an app in the foreground and exit with its exit code (on the runtime that is up, else an embedded one)."""  # noqa: E501
@@ -79,16 +81,16 @@ def run(
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
-        raise typer.Exit(_run_foreground(rt, path, json_out, grant or [], grant_all))
+        raise typer.Exit(_run_foreground(rt, path, json_out, grant or [], grant_all, node))
     finally:
         rt.shutdown()
 
 
 def _run_foreground(rt: Any, path: str, json_out: bool, grants: list[str],
-                    grant_all: bool) -> int:
+                    grant_all: bool, node: str | None = None) -> int:
     cursor = rt.event_cursor()
     try:
-        handle = rt.launch(path, grants=grants, grant_all=grant_all)
+        handle = rt.launch(path, grants=grants, grant_all=grant_all, node=node)
     except EstarterError as exc:
         raise fail(str(exc)) from None
     interrupted = threading.Event()

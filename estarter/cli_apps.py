@@ -133,15 +133,19 @@ def list_apps(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     emit(rows, as_json, table)
 
 
+NodeOpt = Annotated[str | None, typer.Option(
+    "--node", help="Run on this Ray node (node id, unique id prefix or address)")]
+
+
 # -- the running runtime -------------------------------------------------------
 
 
 def start(app: Annotated[str, typer.Argument(help="Installed id, folder or package")],
           grant: GrantOpt = None, grant_all: GrantAllOpt = False, home: HomeOpt = None,
-          as_json: JsonOpt = False) -> None:
+          as_json: JsonOpt = False, node: NodeOpt = None) -> None:
     """Start an app on the runtime that is up."""
     with connected(home) as rt:
-        rec = rt.launch(app, grants=grant or [], grant_all=grant_all).record
+        rec = rt.launch(app, grants=grant or [], grant_all=grant_all, node=node).record
     emit(rec, as_json, lambda: out.print(f"{rec['appId']}: {rec['state']}", markup=False))
 
 

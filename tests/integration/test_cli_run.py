@@ -100,3 +100,9 @@ def test_unknown_app_exits_2(tmp_path: Path) -> None:
     proc = estarter("run", "no-such-app", "--local", home=tmp_path / "home")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
+
+
+def test_node_pin_needs_ray(tmp_path: Path) -> None:
+    proc = estarter("run", str(SAMPLE), "--local", "--node", "abc", home=tmp_path / "home")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "estarter: error: node affinity needs a Ray runtime"
