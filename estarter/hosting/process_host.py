@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
@@ -60,6 +61,18 @@ def child_env(policy: SandboxPolicy, ctx: HostContext) -> dict[str, str]:
     env.update({k: v for k, v in ctx.env.items() if k.startswith("ESTARTER_")})
     env.update(dict(policy.extra_env))
     return env
+
+
+def _chunks(fd: int) -> Iterator[bytes]:
+    """What the app writes to a pipe, as it comes, until end of file or an error."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        yield data
 
 
 class _RateLimiter:
@@ -302,15 +315,8 @@ class ProcessHost:
     def _read_stdout(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
-        fd = proc.stdout.fileno()
         decoder = FrameDecoder(max_size=self._max_message)
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
+        for data in _chunks(proc.stdout.fileno()):
             if self._end_cause is not None and self._end_cause[0] is ExitReason.PROTOCOL_VIOLATION:
                 continue  # drain until the kill lands
             try:
@@ -327,15 +333,8 @@ class ProcessHost:
     def _read_stderr(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stderr is not None
-        fd = proc.stderr.fileno()
         pending = b""
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
+        for data in _chunks(proc.stderr.fileno()):
             pending += data
             *lines, pending = pending.split(b"\n")
             if len(pending) > LOG_LINE_MAX:  # a line without end: cut it
