@@ -35,9 +35,6 @@ SUPERVISOR_OPTIONS: dict[str, Any] = {
 }
 
 
-def supervisor_name(app_id: str, run_id: int) -> str:
-    return f"estarter-sup-{app_id}-{run_id}"
-
 # The VFS as its own actor (see actors/vfs.py). The kernel serves fs.* in its own
 # process by default; this actor is for callers that want the VFS without a kernel
 # (and for the benchmark that compares both placements).

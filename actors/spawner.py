@@ -175,10 +175,6 @@ class RaySpawner:
                                 {"appId": policy.app_id, "request": req.ray_resources()})
         return req
 
-    def placement(self, policy: SandboxPolicy, node: str | None = None) -> dict[str, Any]:
-        """Ray options for this app's supervisor; empty means any warm one will do."""
-        return _options(self.request(policy, node))
-
     # -- spawning --------------------------------------------------------------
 
     def spawn(self, policy: SandboxPolicy, run_id: int,

@@ -18,17 +18,17 @@ Run: ``python -m benchmarks cluster``.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import statistics
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from benchmarks.bench_native import write_app
 
 Report = Callable[[str, float, float, "float | None", str], None]
 MIB = 1024 * 1024
@@ -58,15 +58,6 @@ while time.time() < end:
     n += 1
 client.ui.notify("calls", json.dumps(n))
 """
-
-
-def _write_app(root: Path, app_id: str, source: str) -> Path:
-    folder = root / app_id
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.py").write_text(textwrap.dedent(source))
-    (folder / "manifest.json").write_text(json.dumps(
-        {"id": app_id, "runtime": "python", "entry": "app.py"}))
-    return folder
 
 
 def _uss(pid: int) -> int:
@@ -158,7 +149,7 @@ def _raw_calls_per_second(n: int, shared: bool) -> float:
 
 
 def _density(rt: Any, root: Path, report: Report) -> None:
-    folders = [_write_app(root, f"dense{i:03d}", DENSITY_APP) for i in range(APPS)]
+    folders = [write_app(root, f"dense{i:03d}", DENSITY_APP) for i in range(APPS)]
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(rt.launch, folders))
@@ -190,7 +181,7 @@ def _density(rt: Any, root: Path, report: Report) -> None:
 def _throughput(rt: Any, root: Path, report: Report) -> None:
     start_at = time.time() + 15.0  # all 8 launched and warmed up by then
     src = PING_APP.replace("START_AT", repr(start_at)).replace("WINDOW", repr(WINDOW))
-    folders = [_write_app(root, f"pinger{i}", src) for i in range(CALLERS)]
+    folders = [write_app(root, f"pinger{i}", src) for i in range(CALLERS)]
     for folder in folders:
         rt.launch(folder)
     if time.time() > start_at:

@@ -62,7 +62,8 @@ client.ui.notify("first", repr(t))
 """
 
 
-def _write_app(root: Path, app_id: str, source: str) -> Path:
+def write_app(root: Path, app_id: str, source: str) -> Path:
+    """A python-runtime app folder running ``source`` (shared by the benchmarks)."""
     folder = root / app_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "app.py").write_text(textwrap.dedent(source))
@@ -131,7 +132,7 @@ def run(report: Report) -> None:
         root = Path(tmp)
         rt = Runtime.start(home=root / "home")
         try:
-            ping = _write_app(root, "bench-ping", PING_APP.replace("N)", f"{PINGS})"))
+            ping = write_app(root, "bench-ping", PING_APP.replace("N)", f"{PINGS})"))
             handle = rt.launch(ping)
             handle.wait(timeout=300)
             ours = json.loads(_result(rt, "bench-ping", "result"))["median"]
@@ -139,7 +140,7 @@ def run(report: Report) -> None:
             report("target 1: hosted system.ping vs raw Ray actor call", ours * 1e3,
                    base * 1e3, 1.3, "ms")
 
-            first = _write_app(root, "bench-first", FIRST_CALL_APP)
+            first = write_app(root, "bench-first", FIRST_CALL_APP)
             ours_s, base_s = [], []
             for _ in range(LAUNCHES):
                 t0 = time.time()

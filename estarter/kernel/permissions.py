@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS pending (
   reason TEXT NOT NULL, created_at REAL NOT NULL, decision TEXT);
 """
 AUDIT_FLUSH_ROWS = 200
-AUDIT_KEEP_ROWS = 200_000
 
 
 def connect(path: Path) -> sqlite3.Connection:
