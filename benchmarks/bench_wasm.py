@@ -76,7 +76,8 @@ def _completed_api(method: str, params: Any) -> concurrent.futures.Future[Any]:
 
 def _runner(wat: str, ours: bool) -> Callable[[], None]:
     engine = shared_engine()
-    abi = GuestAbi(_completed_api, BoundedLog(lambda _l, _m: None), threading.Event())
+    abi = GuestAbi(_completed_api, BoundedLog(lambda _l, _m: None), threading.Event(),
+                   api_rate=0)  # the cost of a call, not the budget
     module = wasmtime.Module(engine, wat)
     if ours:
         store = abi.new_store(engine)
@@ -127,7 +128,8 @@ def _raw_instantiate(module: wasmtime.Module) -> None:
 
 def bench_instantiate(report: Report) -> None:
     app_dir = ROOT / "samples" / "hello-wasm"
-    policy = SandboxPolicy.from_manifest(load_manifest(app_dir), app_dir)
+    m = load_manifest(app_dir)
+    policy = SandboxPolicy.from_manifest(m, app_dir, granted=m.requested_permissions)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         ctx = HostContext(api=_completed_api, log=lambda _l, _m: None, on_exit=lambda _i: None,

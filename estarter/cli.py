@@ -15,9 +15,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import cli_apps, cli_kernel
-from .cli_apps import home_of
+from .cli_apps import home_of, printable
 from .errors import EstarterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -119,11 +120,12 @@ def _print_event(event: dict[str, Any], json_out: bool) -> None:
         return
     app_id = event.get("appId")
     if kind == "log":
-        err.print(f"[{app_id}] {event['message']}", markup=False)
+        err.print(f"[{app_id}] {printable(event['message'])}", markup=False)
     elif kind == "notification":
-        out.print(f"[bold]🔔 {event['title']}[/bold]: {event['message']}")
+        out.print(f"[bold]🔔 {escape(printable(event['title']))}[/bold]: "
+                  f"{escape(printable(event['message']))}")
     elif kind == "exit":
-        detail = f" ({event['detail']})" if event.get("detail") else ""
+        detail = f" ({printable(event['detail'])})" if event.get("detail") else ""
         err.print(f"[{app_id}] exited: {event['reason']}, code {event['code']}{detail}",
                   markup=False)
 

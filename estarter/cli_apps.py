@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EstarterError, NotFound
+from .hosting.applog import one_line
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -207,6 +208,12 @@ def inspect(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None
     emit(shown, as_json, lambda: out.print_json(json.dumps(shown, default=str)))
 
 
+def printable(text: Any) -> str:
+    """App text for a terminal: control characters and escape sequences escaped
+    (the log file holds them escaped already; this also covers older files)."""
+    return one_line(text, 1 << 20)
+
+
 def logs(app_id: str, follow: Annotated[bool, typer.Option("-f", "--follow",
                                                            help="Keep printing new lines")
                                         ] = False,
@@ -220,14 +227,14 @@ def logs(app_id: str, follow: Annotated[bool, typer.Option("-f", "--follow",
     if not path.exists() and not follow:
         raise fail(f"no log for {app_id} (has it run?)")
     for line in tail(path, lines):
-        out.print(line, markup=False)
+        out.print(printable(line), markup=False)
     if not follow:
         return
     stopped = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stopped.set())
     try:
         for line in follow_file(path, stopped.is_set):
-            out.print(line, markup=False)
+            out.print(printable(line), markup=False)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .hosting.applog import one_line
 from .kernel.core import kernel_db
 from .kernel.permissions import PermissionManager
 from .kernel.tokens import TokenStore
@@ -67,7 +68,7 @@ def _out(data: Any, as_json: bool, lines: list[str]) -> None:
         print(json.dumps(data))
     else:
         for line in lines:
-            print(line)
+            print(one_line(line, 1 << 20))  # app text never reaches the terminal raw
 
 
 @permissions_app.command("list")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import Busy, EstarterError, RuntimeClosed
+from .hosting.applog import level_of, one_line
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
 from .manifest import RestartPolicy
@@ -127,7 +128,10 @@ class _AppLog:
         self._lock = threading.Lock()
 
     def write(self, level: str, message: str) -> None:
-        self._logger.log(_LEVELS.get(level, logging.INFO), message)
+        """One line in the file and the kernel's buffer, whatever ``message`` holds:
+        the level is one of four, the text cut and escaped (``applog.one_line``)."""
+        level, message = level_of(level), one_line(message)
+        self._logger.log(_LEVELS[level], message)
         with self._lock:
             self._pending.append((level, message))
 
@@ -349,8 +353,7 @@ class Supervisor:
         if method == "log" and isinstance(params, dict):
             # Served here: a log line needs no kernel round trip of its own.
             fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            self._log.write(str(params.get("level", "info")), str(params.get("message", ""))
-                            [:8192])
+            self._log.write(level_of(params.get("level")), one_line(params.get("message", "")))
             fut.set_result(None)
             return fut
         if self._log.pending:

@@ -5,6 +5,8 @@ Threads, each with one job, so nothing the app does can block the owner:
   as long as the child), waits for it, and is the only caller of ``wait``;
 - ``reader``: stdout -> frames -> endpoint (requests go to ``ctx.api``);
 - ``stderr``: stderr lines -> ``ctx.log``, rate limited, dropped lines counted;
+  ``log`` notifications share that budget (``applog.BoundedLog``: every field
+  capped, one message one line), so neither path grows with what the app sends;
 - ``writer``: a bounded queue -> stdin, so an app that never reads its stdin
   stalls only this thread.
 """
@@ -27,15 +29,14 @@ from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FrameDecoder, FramingError, encode_frame
 from . import limits
+from .applog import LOG_LINE_MAX, BoundedLog
 from .base import ExitInfo, ExitReason, HostContext, HostState
+from .budget import release_big_allocations
 from .spawn import launcher_command
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_MALFORMED = 10
 MAX_PENDING_OUT_BYTES = 32 * 1024 * 1024
-LOG_LINE_MAX = 8192
-LOG_LINES_PER_SECOND = 2000
-LOG_BURST = 5000
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -75,24 +76,6 @@ def _chunks(fd: int) -> Iterator[bytes]:
         yield data
 
 
-class _RateLimiter:
-    """Token bucket: ``allow()`` is False once the app logs faster than the rate."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst, self.tokens, self.last = rate, burst, burst, time.monotonic()
-        self.dropped = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self.dropped += 1
-        return False
-
-
 class ProcessHost:
     """Hosts one native or python app. See the module docstring for the threads."""
 
@@ -123,7 +106,8 @@ class ProcessHost:
         self._out_bytes = 0
         self._stdin_fd: int | None = None  # set while direct writes are possible
         self._dropped_notifications = 0
-        self._log_limiter = _RateLimiter(LOG_LINES_PER_SECOND, LOG_BURST)
+        self._app_log = BoundedLog(ctx.log)
+        release_big_allocations()  # what a 16 MiB message took goes back after it
         self._started_at: float | None = None
         self._deadline_timer: threading.Timer | None = None
         self._closed = False
@@ -213,7 +197,7 @@ class ProcessHost:
                 "malformed": stats.malformed,
                 "pendingOutBytes": self._out_bytes,
                 "droppedNotifications": self._dropped_notifications,
-                "droppedLogLines": self._log_limiter.dropped,
+                "droppedLogLines": self._app_log.dropped,
             },
             "exit": self._exit.to_dict() if self._exit else None,
         }
@@ -289,8 +273,8 @@ class ProcessHost:
         else:
             reason = ExitReason.CRASHED
             detail = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        if self._log_limiter.dropped:
-            self.ctx.log("warning", f"{self._log_limiter.dropped} log lines dropped (flood)")
+        if self._app_log.dropped:
+            self.ctx.log("warning", f"{self._app_log.dropped} log lines dropped (flood)")
         self._exit = ExitInfo(code, reason, detail)
         self._state = HostState.EXITED
         self._out.put(None)
@@ -305,9 +289,10 @@ class ProcessHost:
     def _end(self, reason: ExitReason, detail: str, kill: bool = True) -> None:
         """Record why we end the app (first cause wins) and, unless asked not to, kill it."""
         with self._lock:
-            if self._end_cause is None and self._exit is None:
+            first = self._end_cause is None and self._exit is None
+            if first:
                 self._end_cause = (reason, detail)
-        if reason is ExitReason.PROTOCOL_VIOLATION:
+        if first and reason is ExitReason.PROTOCOL_VIOLATION:  # once, not per message
             self.ctx.log("error", f"protocol violation: {detail}")
         if kill:
             self._limits.kill()
@@ -326,9 +311,11 @@ class ProcessHost:
                 continue
             for body in bodies:
                 self.endpoint.receive(body)
-            if self.endpoint.statistics().malformed > MAX_MALFORMED:
-                self._end(ExitReason.PROTOCOL_VIOLATION,
-                          f"more than {MAX_MALFORMED} malformed messages")
+                if self.endpoint.statistics().malformed > MAX_MALFORMED:
+                    # Checked per message: a chunk may hold thousands of them.
+                    self._end(ExitReason.PROTOCOL_VIOLATION,
+                              f"more than {MAX_MALFORMED} malformed messages")
+                    break
 
     def _read_stderr(self) -> None:
         proc = self._proc
@@ -341,10 +328,9 @@ class ProcessHost:
                 lines.append(pending[:LOG_LINE_MAX])
                 pending = b""
             for line in lines:
-                if self._log_limiter.allow():
-                    self.ctx.log("info", line[:LOG_LINE_MAX].decode("utf-8", "replace"))
-        if pending and self._log_limiter.allow():
-            self.ctx.log("info", pending.decode("utf-8", "replace"))
+                self._app_log.line("info", line.rstrip(b"\r"))
+        if pending:
+            self._app_log.line("info", pending)
 
     def _write_stdin(self) -> None:
         proc = self._proc
@@ -403,4 +389,10 @@ class ProcessHost:
                       f"app does not read its stdin ({self._max_out} bytes pending)")
 
     def _dispatch(self, method: str, params: Any) -> Any:
+        if method == "log":
+            # Served here, under the stderr budget: a log line costs the kernel
+            # nothing until it passes, and no field of it is bigger than a line.
+            p = params if isinstance(params, dict) else {}
+            self._app_log.line(p.get("level", "info"), p.get("message", ""))
+            return None
         return self.ctx.api(method, params)

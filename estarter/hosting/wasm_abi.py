@@ -35,14 +35,25 @@ import wasmtime
 from wasmtime import _bindings as wasmtime_bindings
 from wasmtime import _ffi as wasmtime_ffi
 
-from ..errors import ApiTimeout, EstarterError, InternalError, QuotaExceeded, RuntimeClosed
-from .base import ApiHandler, LogSink
+from ..errors import (
+    ApiTimeout,
+    Busy,
+    EstarterError,
+    InternalError,
+    QuotaExceeded,
+    RuntimeClosed,
+)
+from .applog import BoundedLog
+from .base import ApiHandler
+from .budget import TokenBucket
 
 MODULE = "estarter"
 MAX_REQUEST = 1 << 20  # bytes of one api_call request
 MAX_RESPONSE = 1 << 20  # bytes of one kept response
 MAX_LOG_LINE = 16 * 1024  # longer lines are cut
 API_TIMEOUT = 30.0  # seconds an api_call may block the guest
+API_CALLS_PER_SECOND = 1000.0  # per app; over the budget a call answers -32005
+API_CALL_BURST = 2000.0
 
 # Negative results of api_call / api_response.
 ERR_BOUNDS = -1  # pointer or length outside memory
@@ -84,43 +95,6 @@ SIGNATURES: dict[str, wasmtime.FuncType] = {
 }
 
 
-class BoundedLog:
-    """Lines to the app's log under a byte budget (token bucket); thread-safe.
-
-    Beyond the budget lines are dropped and counted; one line reports the drop once
-    the budget refills, so a chatty guest cannot flood the supervisor or its disk.
-    """
-
-    def __init__(self, sink: LogSink, rate: float = 256 * 1024, burst: float = 4 << 20,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._sink = sink
-        self._rate, self._burst, self._clock = rate, burst, clock
-        self._tokens = burst
-        self._last = clock()
-        self._dropped = 0
-        self._lock = threading.Lock()
-
-    def line(self, level: str, text: str) -> None:
-        if len(text) > MAX_LOG_LINE:
-            text = text[:MAX_LOG_LINE] + " [cut]"
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            cost = len(text) + 1
-            if self._tokens < cost:
-                self._dropped += 1
-                return
-            self._tokens -= cost
-            dropped, self._dropped = self._dropped, 0
-        try:
-            if dropped:
-                self._sink("warning", f"[{dropped} log lines dropped: log rate limit]")
-            self._sink(level, text)
-        except Exception:  # a broken sink must not kill the guest
-            pass
-
-
 class LineSplitter:
     """A WASI stdout/stderr stream cut into lines for a BoundedLog (one per stream)."""
 
@@ -153,10 +127,15 @@ class GuestAbi:
     """The ``estarter`` imports of one instance; ``memory`` is set once instantiated."""
 
     def __init__(self, api: ApiHandler, log: BoundedLog, stopping: threading.Event,
-                 api_timeout: float = API_TIMEOUT) -> None:
+                 api_timeout: float = API_TIMEOUT, *,
+                 api_rate: float = API_CALLS_PER_SECOND,
+                 api_burst: float = API_CALL_BURST) -> None:
         self._api, self._log = api, log
         self._stopping = stopping
         self._api_timeout = api_timeout
+        # One guest makes one call at a time, but back to back: without a budget a
+        # loop of api_call keeps the kernel busy for everyone. rate <= 0: unlimited.
+        self.api_budget = TokenBucket(api_rate, api_burst)
         self._memory: wasmtime.Memory | None = None
         self._memory_ref: int | None = None
         self._response = b""
@@ -244,6 +223,11 @@ class GuestAbi:
             if not isinstance(request, dict) or not isinstance(request.get("method"), str):
                 return ERR_NOT_JSON
             self.calls += 1
+            if not self.api_budget.take():
+                self._response = _error_json(Busy(
+                    f"api_call rate limit: more than {self.api_budget.rate:g} calls a second",
+                    {"method": request["method"][:100]}))
+                return len(self._response)
             self._response = self._perform(request["method"], request.get("params", {}))
             return len(self._response)
         except Exception:  # see the module docstring

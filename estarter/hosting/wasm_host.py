@@ -2,9 +2,13 @@
 
 How the manifest's limits map (DESIGN, "Limits enforcement matrix"):
 
-* ``memoryLimitMb`` is a store limit on each linear memory: ``memory.grow`` past it
-  returns -1 inside the guest, and a module whose declared minimum is already over
-  it is refused at launch with a LaunchError.
+* ``memoryLimitMb`` holds for the module's memories and tables together. wasmtime's
+  store limits are per memory and per table, so a module may define at most
+  ``MAX_MEMORIES`` memory and ``MAX_TABLES`` tables (more is refused at launch, and
+  the store's counts refuse them again at instantiation); its tables get 1/16 of
+  the limit between them (8 bytes an element) and its memory the rest. ``memory.grow``
+  past it returns -1 inside the guest, and a module whose declared minimum is
+  already over it is refused at launch with a LaunchError.
 * Interruption uses epochs. The epoch counter belongs to the process's one engine,
   so a shared ticker thread advances it every ``TICK`` seconds while any guest runs,
   and each store has a deadline of one tick plus a *deadline callback* that decides
@@ -46,8 +50,12 @@ from .wasm_cache import ModuleCache, ModuleInfo, describe_functype, shared_engin
 TICK = 0.01  # seconds between epoch increments while any guest runs
 CPU_BURST = 0.1  # seconds of CPU credit a throttled guest may bank
 START_TIMEOUT = 10.0  # a module's start function must finish within this
-MAX_MODULE_BYTES = 256 << 20
+MAX_MODULE_BYTES = 64 << 20  # bigger files are refused before compiling (which has a budget)
 MAX_TABLE_ELEMENTS = 1 << 20  # a table element costs the host 8 bytes: bound table.grow
+TABLE_ELEMENT_BYTES = 8
+MAX_MEMORIES = 1  # memories a module may define (multi-memory would multiply the limit)
+MAX_TABLES = 4  # tables a module may define
+TABLE_SHARE = 16  # tables get 1/16 of memoryLimitMb between them
 WASI_MODULE = "wasi_snapshot_preview1"
 
 # wasmtime_store_epoch_deadline_callback is bound but not wrapped by wasmtime-py 50;
@@ -214,6 +222,8 @@ class WasmAppHost:
             "state": self._state.value,
             "startedAt": self._started_at,
             "apiCalls": self._abi.calls,
+            "apiCallsRefused": self._abi.api_budget.refused,  # over the api_call rate
+            "droppedLogLines": self._log.dropped,
             "notificationsDropped": self._notifications_dropped,
             "exit": exit_info.to_dict() if exit_info else None,
             "limits": {
@@ -253,9 +263,10 @@ class WasmAppHost:
         except wasmtime.WasmtimeError as exc:  # e.g. a WASI function that does not exist
             raise LaunchError(f"{self.app_id}: cannot link: {_first_cause(str(exc))}") from None
         store = self._abi.new_store(engine)
-        limit = self.policy.memory_limit_bytes
-        store.set_limits(memory_size=limit if limit > 0 else -1,
-                         table_elements=MAX_TABLE_ELEMENTS)
+        memory_bytes, table_elements = store_budget(self.policy.memory_limit_bytes,
+                                                    module_info.tables)
+        store.set_limits(memory_size=memory_bytes, table_elements=table_elements,
+                         tables=MAX_TABLES, memories=MAX_MEMORIES)
         store.set_wasi(self._wasi_config())
         # Keep the callback object alive as long as the store: wasmtime holds its address.
         self._deadline_cb = _DeadlineCallback(self._on_deadline)
@@ -285,19 +296,27 @@ class WasmAppHost:
         problem = _import_problem(module)
         if problem:
             raise LaunchError(f"{self.app_id}: {problem}")
+        if module.memories > MAX_MEMORIES or module.tables > MAX_TABLES:
+            raise LaunchError(
+                f"{self.app_id}: the module defines {module.memories} memories and "
+                f"{module.tables} tables; a wasm app may define at most {MAX_MEMORIES} "
+                f"memory and {MAX_TABLES} tables", {"key": "memoryLimitMb"})
         limit = self.policy.memory_limit_bytes
-        if limit > 0 and module.min_memory_bytes > limit:
+        memory_bytes, _ = store_budget(limit, module.tables)
+        if limit > 0 and module.min_memory_bytes > memory_bytes:
             raise LaunchError(
                 f"{self.app_id}: the module needs at least {module.min_memory_bytes} bytes "
-                f"of memory, over its memoryLimitMb of {limit} bytes", {"key": "memoryLimitMb"})
+                f"of memory, over its memoryLimitMb of {limit} bytes (its tables take "
+                f"{limit - memory_bytes} of them)", {"key": "memoryLimitMb"})
         if "_start" not in module.exports:
             raise LaunchError(f"{self.app_id}: no _start export; a wasm app must be a "
                               f"WASI command")
 
     def _fs_mode(self) -> str:
-        if self.policy.allows("fs.write"):
-            return "read-write"
-        return "read-only" if self.policy.allows("fs.read") else ""
+        # Read-only even with fs.write: writes go through fs.write, which holds the
+        # diskQuotaMb total; a writable preopen would not (DESIGN, "Budgets").
+        return "read-only" if self.policy.allows("fs.read") or self.policy.allows(
+            "fs.write") else ""
 
     def _wasi_config(self) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
@@ -316,7 +335,7 @@ class WasmAppHost:
             appdata = Path(self._ctx.appdata)
             try:
                 appdata.mkdir(parents=True, exist_ok=True)
-                wasi.preopen_dir(str(appdata), "/appdata", fs_mutable=mode == "read-write")
+                wasi.preopen_dir(str(appdata), "/appdata", fs_mutable=False)
             except (OSError, wasmtime.WasmtimeError) as exc:
                 raise LaunchError(f"{self.app_id}: cannot open appdata {appdata}: {exc}") from None
         return wasi
@@ -421,6 +440,16 @@ class WasmAppHost:
 
 
 _SIGNATURES = {name: describe_functype(ty) for name, ty in SIGNATURES.items()}
+
+
+def store_budget(limit: int, tables: int) -> tuple[int, int]:
+    """(memory bytes, elements per table) so that one memory plus ``tables`` tables
+    stay within ``limit`` bytes in total; ``limit`` 0 (unlimited): (-1, the cap)."""
+    if limit <= 0:
+        return -1, MAX_TABLE_ELEMENTS
+    per_table = min(MAX_TABLE_ELEMENTS,
+                    limit // TABLE_SHARE // (TABLE_ELEMENT_BYTES * max(1, tables)))
+    return limit - tables * per_table * TABLE_ELEMENT_BYTES, per_table
 
 
 def _import_problem(module: ModuleInfo) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
+from ..hosting.applog import level_of, one_line
 from ..hosting.base import ExitInfo, ExitReason, HostState
 from ..manifest import AppManifest, load_manifest
 from ..policy import SandboxPolicy
@@ -171,8 +172,9 @@ class Kernel:
     # -- supervisors report here -----------------------------------------------
 
     def app_logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
+        # Supervisors cap and escape already; held here too, as this is what we keep.
         for level, message in lines:
-            self.events.append("log", app_id, level=level, message=message)
+            self.events.append("log", app_id, level=level_of(level), message=one_line(message))
 
     def app_running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         with self._lock:

@@ -10,6 +10,12 @@ runs, in local mode or in a Ray kernel actor). Every check first reads SQLite's
 ``PRAGMA data_version``, which changes exactly when another connection has
 committed: a few microseconds, and a revocation made anywhere counts on the very
 next call, with no polling interval to wait out.
+
+The audit is bounded. Allowed checks, the bulk of it (one per API call), are one
+row per app and permission in ``audit_allowed`` with a count, the first and last
+time and the last method; every other decision (denied, granted, revoked, a
+request's outcome) is a row of ``audit``, and each app keeps its newest
+``AUDIT_ROWS_PER_APP`` of those: a busy app costs a few rows, not gigabytes.
 """
 
 from __future__ import annotations
@@ -33,11 +39,16 @@ CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, app_id TEXT NOT NULL,
   permission TEXT NOT NULL, method TEXT NOT NULL, decision TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_app ON audit (app_id, id);
+CREATE TABLE IF NOT EXISTS audit_allowed (
+  app_id TEXT NOT NULL, permission TEXT NOT NULL, method TEXT NOT NULL,
+  count INTEGER NOT NULL, first_time REAL NOT NULL, last_time REAL NOT NULL,
+  PRIMARY KEY (app_id, permission));
 CREATE TABLE IF NOT EXISTS pending (
   id INTEGER PRIMARY KEY AUTOINCREMENT, app_id TEXT NOT NULL, permission TEXT NOT NULL,
   reason TEXT NOT NULL, created_at REAL NOT NULL, decision TEXT);
 """
-AUDIT_FLUSH_ROWS = 200
+AUDIT_FLUSH_ROWS = 200  # decisions buffered in memory before they are written
+AUDIT_ROWS_PER_APP = 10000  # rows of `audit` kept per app (allowed checks are aggregated)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -54,12 +65,17 @@ class PermissionManager:
     """Thread-safe. ``check`` is the hot path: an in-memory lookup plus a buffered
     audit row; grant changes write through to SQLite before they return."""
 
-    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time, *,
+                 audit_rows_per_app: int = AUDIT_ROWS_PER_APP) -> None:
         self._db = connect(db_path)
         self._db.executescript(_SCHEMA)
         self._clock = clock
         self._lock = threading.RLock()
         self._audit: list[tuple[float, str, str, str, str]] = []
+        # (app, permission) -> [count, first time, last time, last method], not yet written
+        self._allowed: dict[tuple[str, str], list[Any]] = {}
+        self._unflushed = 0
+        self._rows_per_app = audit_rows_per_app
         self._requested: dict[str, frozenset[str]] = {}
         self._effective: dict[str, frozenset[str]] = {}
         self._data_version = -1
@@ -72,10 +88,7 @@ class PermissionManager:
         with self._lock:
             self._refresh_locked()
             allowed = permission in self._effective_of(app_id)
-            self._audit.append((self._clock(), app_id, permission, method,
-                                "allowed" if allowed else "denied"))
-            if len(self._audit) >= AUDIT_FLUSH_ROWS:
-                self._flush_audit()
+            self._audit_check(self._clock(), app_id, permission, method, allowed)
         return allowed
 
     def granted(self, app_id: str) -> frozenset[str]:
@@ -131,23 +144,38 @@ class PermissionManager:
 
     def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest decisions, oldest first, in the order they were made (checks
-        are buffered and written up to a second late, with their own time)."""
+        are buffered and written up to a second late, with their own time).
+
+        Allowed checks come as one entry per permission: ``time`` is the last one,
+        ``count`` how many (``firstTime`` the first); other entries have count 1.
+        """
         with self._lock:
             self._flush_audit()
-            sql = "SELECT time, app_id, permission, method, decision FROM audit"
-            args: tuple[Any, ...] = ()
-            if app_id is not None:
-                sql += " WHERE app_id=?"
-                args = (app_id,)
-            rows = self._db.execute(sql + " ORDER BY time DESC, id DESC LIMIT ?",
-                                    (*args, limit)).fetchall()
-        keys = ("time", "appId", "permission", "method", "decision")
-        return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+            where = " WHERE app_id=?" if app_id is not None else ""
+            args: tuple[Any, ...] = (app_id, app_id) if app_id is not None else ()
+            rows = self._db.execute(
+                "SELECT time, app_id, permission, method, decision, 1, time, id FROM audit"
+                + where + " UNION ALL SELECT last_time, app_id, permission, method, "
+                "'allowed', count, first_time, 0 FROM audit_allowed" + where
+                + " ORDER BY 1 DESC, 8 DESC LIMIT ?", (*args, limit)).fetchall()
+        keys = ("time", "appId", "permission", "method", "decision", "count", "firstTime")
+        return [dict(zip(keys, row[:7], strict=True)) for row in reversed(rows)]
+
+    def audit_size(self) -> dict[str, int]:
+        """Rows the audit holds: ``rows`` (decisions) and ``allowed`` (aggregates)."""
+        with self._lock:
+            self._flush_audit()
+            (rows,) = self._db.execute("SELECT COUNT(*) FROM audit").fetchone()
+            (agg,) = self._db.execute("SELECT COUNT(*) FROM audit_allowed").fetchone()
+        return {"rows": int(rows), "allowed": int(agg)}
 
     def record(self, app_id: str, permission: str, method: str, decision: str) -> None:
         """Audit a decision made outside ``check`` (a request, an operator's denial)."""
         with self._lock:
             self._audit.append((self._clock(), app_id, permission, method, decision))
+            self._unflushed += 1
+            if self._unflushed >= AUDIT_FLUSH_ROWS:
+                self._flush_audit()
 
     # -- permission.request: a row the operator answers ------------------------
 
@@ -261,14 +289,51 @@ class PermissionManager:
         self._effective[app_id] = result
         return result
 
+    def _audit_check(self, now: float, app_id: str, permission: str, method: str,
+                     allowed: bool) -> None:
+        """Buffer one check's decision: allowed ones aggregated, denials as rows."""
+        if allowed:
+            agg = self._allowed.get((app_id, permission))
+            if agg is None:
+                self._allowed[(app_id, permission)] = [1, now, now, method]
+            else:
+                agg[0] += 1
+                if now >= agg[2]:
+                    agg[2], agg[3] = now, method
+        else:
+            self._audit.append((now, app_id, permission, method, "denied"))
+        self._unflushed += 1
+        if self._unflushed >= AUDIT_FLUSH_ROWS:
+            self._flush_audit()
+
     def _flush_audit(self) -> None:
-        if not self._audit:
+        self._unflushed = 0
+        if not self._audit and not self._allowed:
             return
         rows, self._audit = self._audit, []
+        allowed, self._allowed = self._allowed, {}
         with self._tx():
             self._db.executemany(
                 "INSERT INTO audit (time, app_id, permission, method, decision) "
                 "VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT INTO audit_allowed VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (app_id, permission) DO UPDATE SET "
+                "count = count + excluded.count, "
+                "first_time = MIN(first_time, excluded.first_time), "
+                "method = CASE WHEN excluded.last_time >= last_time "
+                "THEN excluded.method ELSE method END, "
+                "last_time = MAX(last_time, excluded.last_time)",
+                [(app, perm, method, count, first, last)
+                 for (app, perm), (count, first, last, method) in allowed.items()])
+            for app in {row[1] for row in rows}:
+                self._prune(app)
+
+    def _prune(self, app_id: str) -> None:
+        """Keep the app's newest ``_rows_per_app`` rows of ``audit``."""
+        self._db.execute(
+            "DELETE FROM audit WHERE app_id=? AND id <= (SELECT id FROM audit WHERE app_id=? "
+            "ORDER BY id DESC LIMIT 1 OFFSET ?)", (app_id, app_id, self._rows_per_app))
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)

@@ -35,6 +35,7 @@ MAX_CONNECTIONS = 64
 MAX_IN_FLIGHT = 32  # per connection
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_QUEUED_OUT_BYTES = 32 * 1024 * 1024
+MAX_MALFORMED = 10  # then the connection is closed, as a hosted app is ended
 HELLO_SECONDS = 5.0
 WORKERS = 32
 _CHUNK = 64 * 1024
@@ -92,6 +93,10 @@ class Connection:
                     break
                 for body in decoder.feed(data):
                     self.endpoint.receive(body)
+                    if self.endpoint.statistics().malformed > MAX_MALFORMED:
+                        log.debug("socket client of %s: more than %d malformed messages",
+                                  self.app_id, MAX_MALFORMED)
+                        return
         except (OSError, FramingError) as exc:
             log.debug("socket client of %s ends: %s", self.app_id, exc)
         finally:

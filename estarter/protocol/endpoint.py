@@ -11,6 +11,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ class EndpointStatistics:
     """A snapshot of an endpoint's counters.
 
     ``received``: frame bodies received; ``sent``: messages sent (a batch answer
-    counts once); ``malformed``: invalid frames or batch items received;
+    counts once); ``malformed``: invalid frames, batch items, batches over the caps
+    and answers to no request of ours (an unknown id);
     ``pending``: our requests still waiting for an answer.
     """
 
@@ -45,8 +47,34 @@ class EndpointStatistics:
     pending: int
 
 
-def _log_error(exc: BaseException) -> None:
-    log.warning("jsonrpc endpoint: %r", exc)
+ERROR_LOG_RATE = 1.0  # lines a second the default error hook writes, per endpoint
+ERROR_LOG_BURST = 10.0
+
+
+class _ThrottledLog:
+    """The default ``on_error``: a peer's errors to our logger, at most ``rate`` lines
+    a second (and each line cut), so a flooding peer cannot fill our disk; what is
+    left out is counted and reported with the next line written."""
+
+    def __init__(self, rate: float = ERROR_LOG_RATE, burst: float = ERROR_LOG_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tokens, self._last = burst, clock()
+        self._lock = threading.Lock()
+        self.suppressed = 0
+
+    def __call__(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens < 1:
+                self.suppressed += 1
+                return
+            self._tokens -= 1
+            suppressed, self.suppressed = self.suppressed, 0
+        more = f" ({suppressed} more not logged)" if suppressed else ""
+        log.warning("jsonrpc endpoint: %s%s", repr(exc)[:500], more)
 
 
 class Endpoint:
@@ -68,7 +96,7 @@ class Endpoint:
         self._dispatcher = dispatcher
         self._send_fn = send
         self._ids = id_generator if id_generator is not None else itertools.count(1)
-        self._on_error = on_error or _log_error
+        self._on_error = on_error or _ThrottledLog()
         self._lock = threading.Lock()  # state and counters
         self._send_lock = threading.Lock()  # one message on the wire at a time
         self._pending: dict[Any, Future[Any]] = {}
@@ -225,8 +253,12 @@ class Endpoint:
         with self._lock:
             fut = self._pending.pop(msg.id, None)
         if fut is None:
-            # A late answer to a call we gave up on, or an error about a message
-            # the peer could not parse (id null): nothing waits for it.
+            # Nothing waits for it: an answer to no request of ours (pending calls
+            # leave only at close, after which nothing is received), or an error
+            # about a message the peer could not parse (id null). Malformed either
+            # way, so a peer flooding them is ended like any other.
+            with self._lock:
+                self._malformed += 1
             if isinstance(msg, m.ErrorResponse):
                 self._on_error(EstarterError.from_dict(msg.error))
             return

@@ -17,6 +17,12 @@ Id = str | int | None
 Params = dict[str, Any] | list[Any] | None
 
 _RESPONSE_KEYS = frozenset({"result", "error"})
+# One batch is served as one unit (its answer goes out after its last call), so its
+# size is what one message may hold the peer's budget with: capped in entries and
+# bytes. Over a cap the whole batch is one Invalid (answered -32600, counted
+# malformed) and none of its calls is served.
+MAX_BATCH_ENTRIES = 100
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,9 @@ def parse_body(body: bytes | str) -> Message | Batch:
         obj = json.loads(body)
     except (ValueError, RecursionError):
         return Invalid(None, ParseError("Parse error"))
+    if isinstance(obj, list) and len(body) > MAX_BATCH_BYTES:
+        return Invalid(None, _bad(f"batch of {len(body)} bytes is over the cap of "
+                                  f"{MAX_BATCH_BYTES}"))
     return parse_obj(obj)
 
 
@@ -98,6 +107,9 @@ def parse_obj(obj: Any) -> Message | Batch:
     if isinstance(obj, list):
         if not obj:
             return Invalid(None, _bad("empty batch"))
+        if len(obj) > MAX_BATCH_ENTRIES:
+            return Invalid(None, _bad(f"batch of {len(obj)} entries is over the cap of "
+                                      f"{MAX_BATCH_ENTRIES}"))
         return Batch(tuple(parse_one(item) for item in obj))
     return parse_one(obj)
 
@@ -175,6 +187,8 @@ def error_response(msg_id: Id, error: EstarterError | dict[str, Any]) -> dict[st
 
 
 __all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ENTRIES",
     "Batch",
     "ErrorResponse",
     "Id",

@@ -291,9 +291,13 @@ except OSError:
     out["signal"] = False
 out["uid"] = os.getuid()
 out["capeff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
-with open("/appdata/direct.txt", "w") as fh:
-    fh.write("hello")
-out["readback"] = open("/appdata/direct.txt").read()
+try:
+    with open("/appdata/direct.txt", "w") as fh:
+        fh.write("hello")
+    out["direct_write"] = "written"
+except OSError as exc:
+    out["direct_write"] = exc.errno
+out["readback"] = open("/appdata/hello.txt").read()
 out["cwd"] = os.getcwd()
 import sdk
 out["sdk"] = True
@@ -306,6 +310,9 @@ def test_sandbox_sees_only_what_it_was_given(harness: Harness) -> None:
     other_zone = harness.home / "vfs" / "appdata" / other / "secret.txt"
     other_zone.parent.mkdir(parents=True)
     other_zone.write_text("other app")
+    own = harness.home / "vfs" / "appdata" / "enf-probe" / "hello.txt"
+    own.parent.mkdir(parents=True)
+    own.write_text("from the VFS")  # as fs.write would have left it
     state = harness.home / "state.db"
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text("secret state")
@@ -329,8 +336,11 @@ def test_sandbox_sees_only_what_it_was_given(harness: Harness) -> None:
     assert max(probe["proc"]) <= 3, probe["proc"]  # bwrap init, the app, nothing else
     assert probe["sees_outsider"] is False and probe["signal"] is False
     assert probe["uid"] != 0 and int(probe["capeff"], 16) == 0
-    assert probe["readback"] == "hello" and probe["cwd"] == "/appdata"
-    assert (harness.home / "vfs" / "appdata" / "enf-probe" / "direct.txt").read_text() == "hello"
+    # Zones are mounted read-only even with fs.write (writes go through fs.write,
+    # which holds diskQuotaMb in total): EROFS.
+    assert probe["direct_write"] == 30 and probe["cwd"] == "/appdata"
+    assert probe["readback"] == "from the VFS"
+    assert not (harness.home / "vfs" / "appdata" / "enf-probe" / "direct.txt").exists()
     assert probe["sdk"] is True
 
 
@@ -353,7 +363,7 @@ def test_zones_follow_permissions(harness: Harness) -> None:
     assert "('appdata', 'absent')" in harness.wait_log("enf-zn", "zones:", 10)
 
 
-def test_disk_quota_caps_a_direct_write(harness: Harness) -> None:
+def test_direct_writes_are_refused_even_with_fs_write(harness: Harness) -> None:
     src = """\
         import sys
         try:
@@ -365,8 +375,8 @@ def test_disk_quota_caps_a_direct_write(harness: Harness) -> None:
             print("disk:refused " + str(exc.errno), file=sys.stderr, flush=True)
         """
     harness.start("enf-disk", src, granted={"fs.write"}, disk_quota_bytes=4 * MIB)
-    assert harness.wait_log("enf-disk", "disk:", 10) == "refused 27"  # EFBIG
-    assert (harness.home / "vfs/appdata/enf-disk/big.bin").stat().st_size <= 4 * MIB
+    assert harness.wait_log("enf-disk", "disk:", 10) == "refused 30"  # EROFS
+    assert not (harness.home / "vfs/appdata/enf-disk/big.bin").exists()
 
 
 # 5 ------------------------------------------------------------------------------

@@ -419,13 +419,14 @@ def test_close_default_error_and_late_answers_dropped() -> None:
     assert wire.sent == [{"jsonrpc": "2.0", "id": 1, "method": "x"}]
 
 
-def test_unmatched_answers_go_to_on_error() -> None:
+def test_unmatched_answers_go_to_on_error_and_count_as_malformed() -> None:
     seen: list[BaseException] = []
     ep = Endpoint(FakeDispatcher(), Wire(), on_error=seen.append)
-    ep.receive(b'{"jsonrpc":"2.0","result":1,"id":99}')  # late: dropped quietly
+    ep.receive(b'{"jsonrpc":"2.0","result":1,"id":99}')  # nobody asked: not logged
     ep.receive(b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}')
     assert [type(e) for e in seen] == [errors.ParseError]
-    assert ep.statistics().malformed == 0
+    # An answer to no request of ours is counted, so a flood of them ends the peer.
+    assert ep.statistics().malformed == 2
 
 
 def test_send_failure_in_request_is_raised_and_not_left_pending() -> None:

@@ -483,13 +483,17 @@ def test_with_fs_read_appdata_is_read_only(tmp_path: Path) -> None:
     assert not (tmp_path / "appdata" / "new.txt").exists()
 
 
-def test_with_fs_write_appdata_is_writable(tmp_path: Path) -> None:
+def test_with_fs_write_appdata_is_still_read_only(tmp_path: Path) -> None:
+    # Writes go through fs.write, which holds diskQuotaMb in total (DESIGN, "Budgets").
     wat = guest(OPEN_AND_READ, {0: "hello.txt", 16: "new.txt"}, extra=OPEN)
-    host, _, _ = make_host(tmp_path, wat, permissions=["fs.read", "fs.write"])
+    host, _, rec = make_host(tmp_path, wat, permissions=["fs.read", "fs.write"])
     (tmp_path / "appdata").mkdir()
     (tmp_path / "appdata" / "hello.txt").write_text("hi")
-    assert run(host).code == 77  # the create succeeded
-    assert (tmp_path / "appdata" / "new.txt").exists()
+    info = run(host)
+    assert ("info", "hi") in rec.lines
+    assert (info.code, info.reason) == (0, ExitReason.EXITED)  # the create failed
+    assert not (tmp_path / "appdata" / "new.txt").exists()
+    assert host.info()["limits"]["applied"]["filesystem"] == "read-only"
 
 
 # -- module cache -----------------------------------------------------------------------

@@ -46,13 +46,16 @@ def python_paths() -> list[Path]:
 
 
 def zone_mounts(policy: SandboxPolicy, ctx: HostContext) -> list[tuple[str, Path, bool]]:
-    """(virtual path, host folder, writable) for each zone the grants allow."""
-    if policy.allows("fs.write"):
-        writable = True
-    elif policy.allows("fs.read"):
-        writable = False
-    else:
+    """(virtual path, host folder, writable) for each zone the grants allow.
+
+    Always read-only, with fs.read or fs.write: ``diskQuotaMb`` is the total an app
+    holds, and only the ``fs.*`` API can keep a total (a writable bind mount is held
+    per file at best, by RLIMIT_FSIZE; a per-app filesystem or project quota is not
+    available everywhere this runs). Writes go through ``fs.write``. DESIGN, "Budgets".
+    """
+    if not (policy.allows("fs.write") or policy.allows("fs.read")):
         return []
+    writable = False
     hosts = {"appdata": ctx.appdata, **ctx.zones}
     out = []
     for name in ZONES:
