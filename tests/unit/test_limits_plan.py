@@ -115,8 +115,10 @@ def test_bwrap_argv_mounts_zones_by_permission(tmp_path: Path) -> None:
         return bwrap_argv("/usr/bin/bwrap", make_policy(tmp_path, **over), ctx)
 
     rw = argv(granted=frozenset({"fs.read", "fs.write"}))
-    assert ["--bind", str(zones["appdata"]), "/appdata"] == rw[rw.index("/appdata") - 2:
-                                                            rw.index("/appdata") + 1]
+    # Read-only even with fs.write: only fs.write holds the diskQuotaMb total.
+    assert ["--ro-bind", str(zones["appdata"]), "/appdata"] == rw[rw.index("/appdata") - 2:
+                                                               rw.index("/appdata") + 1]
+    assert "--bind" not in rw
     assert rw[rw.index("--chdir") + 1] == "/appdata" and rw[-1] == "--"
     assert "--share-net" in rw and "--cap-drop" in rw and "--die-with-parent" in rw
     assert not any("shadow" in a for a in rw) and "/etc" not in rw
