@@ -1,4 +1,5 @@
-"""The kernel actor, and the spawner that gives each app a supervisor actor.
+"""The kernel actor, the spawner that gives each app a supervisor actor, and the
+creation of a runtime's three named actors (kernel, permissions, VFS).
 
 The kernel keeps durable app records (``estarter.state``). Ray restarts a dead
 kernel actor (``max_restarts=-1``) by running ``__init__`` again with the same
@@ -17,17 +18,17 @@ from typing import Any
 
 from estarter.errors import Busy, EstarterError
 from estarter.kernel.core import Kernel, kernel_db
-from estarter.kernel.permissions import PermissionManager
-from estarter.paths import state_db
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import serve_call
 from estarter.state import AppRecords
 from estarter.supervision import RestartRules
 
 from . import ray_api
-from .options import KERNEL_OPTIONS
+from .options import KERNEL_NAME, KERNEL_OPTIONS, PERMISSIONS_NAME, RUNTIME_ACTORS, VFS_NAME
+from .permissions import get_or_create_permissions, permission_client
 from .spawner import RaySpawner, RaySupervisorPort
 from .supervisor import SupervisorActor, supervisor_prefix
+from .vfs import RayVfsPort, get_or_create_vfs
 
 
 class KernelShell(Kernel):
@@ -45,8 +46,12 @@ class KernelShell(Kernel):
         ray_api.kill_named(supervisor_prefix(root), keep=keep)
         spawner = RaySpawner(root)
         spawner.rules = RestartRules(**rules) if rules else None
-        super().__init__(root, PermissionManager(state_db(root)), spawner, AppStore(root),
-                         node=ray_api.node_ip(), strict=strict, records=records)
+        # Grants are the permissions actor's and fs.* the VFS actor's (created before
+        # this actor, looked up by name: after a restart too).
+        vfs = ray_api.find_actor(VFS_NAME)
+        super().__init__(root, permission_client(root), spawner, AppStore(root),
+                         node=ray_api.node_ip(), strict=strict, records=records,
+                         vfs=RayVfsPort(vfs))
         spawner.on_running = self.app_running
         spawner.on_exited = self.app_exited
         self.recovery = self.recover(self._reattach)
@@ -84,7 +89,7 @@ class KernelShell(Kernel):
     def describe(self) -> dict[str, Any]:
         """Which home this kernel serves and how many apps run (for reuse checks)."""
         return {"home": str(self.home), "running": len(self._running_ids()),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node": ray_api.node_id()}
 
 
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
@@ -109,18 +114,67 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
             return existing, False
         if desc["running"]:
             raise Busy(f"the kernel on this Ray serves {desc['home']} and runs apps")
-        ray_api.kill(existing)
-        _wait_name_free(KERNEL_OPTIONS["name"], timeout=30)
-    # The kernel keeps its state under ESTARTER_HOME on this machine's disk: it must
-    # run here, never on whichever node Ray would pick for a zero-CPU actor.
-    opts: dict[str, Any] = {"get_if_exists": True,
-                            "scheduling_strategy": ray_api.node_affinity(ray_api.node_id())}
+        kill_runtime(existing)
+    # The three actors keep their state under ESTARTER_HOME on this machine's disk
+    # (and check grants in the same SQLite file): they must run here, never on
+    # whichever node Ray would pick for a zero-CPU actor.
+    placed: dict[str, Any] = {"scheduling_strategy": ray_api.node_affinity(ray_api.node_id())}
     if detached:
-        opts["lifetime"] = "detached"
+        placed["lifetime"] = "detached"
+    # Created in this order, each looking up the ones before by name (a handle
+    # passed as an argument would be an object owned by this process, which a
+    # restart after this process has gone could not read).
+    # A named actor that is not detached still dies with its creator's last handle:
+    # this process holds them until kill_runtime.
+    _held[:] = [get_or_create_permissions(home, placed), get_or_create_vfs(home, placed)]
+    opts: dict[str, Any] = {"get_if_exists": True, **placed}
     handle = KernelActor.options(**opts).remote(
         str(home), strict, rules.to_dict() if rules is not None else None)
     ray_api.get(handle.ping.remote(), timeout=120)
     return handle, True
+
+
+_held: list[Any] = []
+
+
+def kill_runtime(kernel: Any | None = None) -> None:
+    """Kill the kernel, the VFS and the permissions actor (supervisors are swept by
+    ``KernelShell.release``), and wait until their names are free."""
+    _held.clear()
+    if kernel is not None:
+        ray_api.kill(kernel)
+    for name in (KERNEL_NAME, VFS_NAME, PERMISSIONS_NAME):
+        try:
+            ray_api.kill(ray_api.get_actor(name))
+        except EstarterError:
+            pass
+    for name in RUNTIME_ACTORS:
+        _wait_name_free(name, timeout=30)
+
+
+def describe_runtime(home: Path) -> list[dict[str, Any]]:
+    """The actors of the runtime of ``home``: the three named ones and one supervisor
+    per app, each with its name, role, node and worker pid (for ``doctor``)."""
+    out: list[dict[str, Any]] = []
+    for name, role in ((KERNEL_NAME, "kernel"), (PERMISSIONS_NAME, "permissions"),
+                       (VFS_NAME, "vfs")):
+        try:
+            desc = ray_api.get(ray_api.get_actor(name).describe.remote(), timeout=30)
+            out.append({"name": name, "role": role, "node": desc.get("node"),
+                        "pid": desc.get("pid"), "alive": True})
+        except EstarterError as exc:
+            out.append({"name": name, "role": role, "node": None, "pid": None,
+                        "alive": False, "error": str(exc)})
+    for name in ray_api.named_actors(supervisor_prefix(home)):
+        try:
+            desc = ray_api.get(ray_api.get_actor(name).describe.remote(), timeout=30)
+        except EstarterError as exc:
+            out.append({"name": name, "role": "supervisor", "alive": False,
+                        "error": str(exc)})
+            continue
+        out.append({"name": name, "role": "supervisor", "node": desc.get("node"),
+                    "pid": desc.get("pid"), "appId": desc.get("appId"), "alive": True})
+    return out
 
 
 def _wait_name_free(name: str, timeout: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from estarter.supervision import BLOCKING_METHODS as BLOCKING_METHODS
+from estarter.kernel.methods import BLOCKING_METHODS as BLOCKING_METHODS
 
 NAMESPACE = "estarter"
 KERNEL_NAME = "estarter-kernel"
@@ -35,15 +35,32 @@ SUPERVISOR_OPTIONS: dict[str, Any] = {
 }
 
 
-# The VFS as its own actor (see actors/vfs.py). The kernel serves fs.* in its own
-# process by default; this actor is for callers that want the VFS without a kernel
-# (and for the benchmark that compares both placements).
+# The permissions actor: the one authority for grants, requests, revocations and
+# the audit log (estarter.kernel.permissions). A few threads: operator commands, the
+# kernel's and the VFS's audit batches, permission.request rows.
+PERMISSIONS_NAME = "estarter-permissions"
+PERMISSIONS_OPTIONS: dict[str, Any] = {
+    "name": PERMISSIONS_NAME,
+    "namespace": NAMESPACE,
+    "num_cpus": 0,
+    "max_concurrency": 8,
+    "max_restarts": -1,
+    "max_task_retries": 0,
+}
+
+# The VFS actor: every fs.* call (estarter.kernel.fs_service). Threaded, so that
+# different apps' reads and writes proceed in parallel (file I/O and the JSON
+# encoding of large bodies release the GIL often enough) and one app's 15 MiB read
+# never holds up another's call.
 VFS_NAME = "estarter-vfs"
 VFS_OPTIONS: dict[str, Any] = {
     "name": VFS_NAME,
     "namespace": NAMESPACE,
     "num_cpus": 0,
-    "max_concurrency": 32,
+    "max_concurrency": 16,
     "max_restarts": -1,
     "max_task_retries": 0,
 }
+
+# The three actors of a runtime, by name (for doctor and clean-up).
+RUNTIME_ACTORS = (KERNEL_NAME, PERMISSIONS_NAME, VFS_NAME)

@@ -101,11 +101,29 @@ def future(ref: Any) -> concurrent.futures.Future[Any]:
     return out
 
 
+def tell(method: Any, *args: Any) -> None:
+    """Fire and forget: submit ``method(*args)`` and do not wait for its answer."""
+    method.remote(*args)
+
+
 def get_actor(name: str) -> Any:
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         raise NotFound(f"no actor named {name}") from None
+
+
+def find_actor(name: str, wait: float = 10.0, interval: float = 0.05) -> Any:
+    """``get_actor``, looked up again for up to ``wait`` seconds (an actor being
+    restarted by Ray, or created by another process a moment ago)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return get_actor(name)
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(interval)
 
 
 def kill(handle: Any, no_restart: bool = True) -> None:
@@ -156,10 +174,11 @@ class SyncProxy:
     ``get(handle.m.remote(x))``, errors translated."""
 
     def __init__(self, handle: Any, timeout: float = DEFAULT_TIMEOUT,
-                 group: str | None = None) -> None:
+                 group: str | None = None, retry_for: float = 0.0) -> None:
         self._handle = handle
         self._timeout = timeout
         self._group = group
+        self._retry_for = retry_for  # > 0: resubmit while the actor restarts
 
     @property
     def handle(self) -> Any:
@@ -171,6 +190,8 @@ class SyncProxy:
             method = method.options(concurrency_group=self._group)
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            if self._retry_for > 0 and not kwargs:
+                return call_retrying(method, args, self._retry_for, timeout=self._timeout)
             return get(method.remote(*args, **kwargs), self._timeout)
 
         return call
@@ -211,9 +232,12 @@ def kill_named(prefix: str, keep: frozenset[str] = frozenset()) -> list[str]:
 
 
 def call_retrying(method: Any, args: tuple[Any, ...], retry_for: float,
-                  interval: float = 0.1, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+                  interval: float = 0.1, timeout: float | None = DEFAULT_TIMEOUT,
+                  sleep: Any = time.sleep) -> Any:
     """``get(method.remote(*args))``, submitted again while the actor is dead or
-    restarting (ActorUnavailable), for up to ``retry_for`` seconds."""
+    restarting (ActorUnavailable), for up to ``retry_for`` seconds; then the last
+    ActorUnavailable (-32007) is raised. Never waits longer than about
+    ``retry_for + timeout``."""
     deadline = time.monotonic() + retry_for
     while True:
         try:
@@ -221,7 +245,7 @@ def call_retrying(method: Any, args: tuple[Any, ...], retry_for: float,
         except ActorUnavailable:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(interval)
+            sleep(interval)
 
 
 def _reload_auth_env() -> None:

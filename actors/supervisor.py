@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from estarter.errors import ActorUnavailable, LaunchError, NotFound
+from estarter.kernel.methods import VFS_METHODS, is_blocking, retry_on_restart
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import decode_reply, encode_call
 from estarter.state import home_key
 from estarter.supervision import RestartRules, Supervisor
 
 from . import ray_api
-from .options import BLOCKING, BLOCKING_METHODS, KERNEL_NAME, SUPERVISOR_OPTIONS
+from .options import BLOCKING, KERNEL_NAME, SUPERVISOR_OPTIONS, VFS_NAME
 
 # How long an app's call keeps being resubmitted while the kernel actor is dead or
 # being restarted by Ray (a restart takes a few seconds here).
@@ -36,43 +37,42 @@ def supervisor_prefix(home: str | os.PathLike[str]) -> str:
 
 
 class RayKernelPort:
-    """The supervisor's view of the kernel actor. Quick calls are answered on the
-    calling thread (the app's reader): a blocking ``get`` is the cheapest way to
-    wait for Ray. Calls that may wait go out as futures, so the reader stays free.
-    Reports are fire-and-forget: Ray keeps their order per caller, and none of them
-    may block the app's threads."""
+    """The supervisor's view of the kernel and VFS actors. ``fs.*`` calls go straight
+    to the VFS actor (looked up once, when the supervisor was created; the app's id
+    is bound here, never taken from the app), every other call to the kernel actor.
+    Quick calls are answered on the calling thread (the app's reader): a blocking
+    ``get`` is the cheapest way to wait for Ray. Calls that may wait go out as
+    futures, so the reader stays free. Reports are fire-and-forget: Ray keeps their
+    order per caller, and none of them may block the app's threads."""
 
     def __init__(self, kernel: Any, actor_name: str = "",
-                 retry_for: float = KERNEL_RETRY_SECONDS) -> None:
+                 retry_for: float = KERNEL_RETRY_SECONDS, vfs: Any = None) -> None:
         self.kernel = kernel
+        self.vfs = vfs
         self.actor_name = actor_name
         self.retry_for = retry_for
         self._blocking = kernel.call.options(concurrency_group=BLOCKING)
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
-        """Forward one call. While the kernel actor is dead or restarting the call is
-        resubmitted for up to ``retry_for`` seconds, so the app's next calls succeed
-        once Ray has restarted it.
-
-        A resubmitted call may be applied twice: the dead kernel may have served it
-        before it died, its answer lost. Idempotent methods do not care (reads,
-        fs.write without append, fs.mkdir, registry.set/delete, ipc.subscribe,
-        permission.*); for fs.write with ``append`` the text may be appended twice,
-        ipc.send / ipc.broadcast may deliver a message twice, ui.notify may show a
-        notification twice, fs.delete may answer NotFound for a file it did delete,
-        and process.launch may answer Busy for an app it did launch. Never retrying
-        would instead fail every call in flight, which apps cannot tell from a real
-        failure; at-least-once is the better default for an API whose state is on disk.
+        """Forward one call. While the actor serving it is dead or restarting, an
+        idempotent call (``methods.retry_on_restart``) is resubmitted for up to
+        ``retry_for`` seconds, so it succeeds once Ray has restarted the actor;
+        any other call fails with Unavailable (-32007): the dead actor may have
+        applied it before it died, and applying it twice (an append, a message, a
+        launch) is not for estarter to decide. No call waits longer than about
+        ``retry_for`` plus one call's timeout.
         """
         payload = encode_call(app_id, method, params)
-        if method in BLOCKING_METHODS:
+        retry_for = self.retry_for if retry_on_restart(method, params) else 0.0
+        if is_blocking(method):
             out: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            self._submit_blocking(payload, out, time.monotonic() + self.retry_for)
+            self._submit_blocking(payload, out, time.monotonic() + retry_for)
             return out
+        target = self.vfs.call if self.vfs is not None and method in VFS_METHODS \
+            else self.kernel.call
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
-            reply = ray_api.call_retrying(self.kernel.call, (payload,), self.retry_for,
-                                          _RETRY_INTERVAL)
+            reply = ray_api.call_retrying(target, (payload,), retry_for, _RETRY_INTERVAL)
             done.set_result(decode_reply(reply))
         except Exception as exc:
             done.set_exception(exc)
@@ -121,6 +121,10 @@ class SupervisorShell:
         from estarter.hosting import factory, process_host  # noqa: F401  (warm imports)
 
         self.kernel = ray_api.get_actor(KERNEL_NAME)
+        try:
+            self.vfs: Any = ray_api.get_actor(VFS_NAME)
+        except NotFound:  # a kernel without a VFS actor: fs.* through the kernel
+            self.vfs = None
         self.node_ip = ray_api.node_ip()
         self.node_id = ray_api.node_id()
         self.name = ray_api.actor_name()
@@ -133,7 +137,8 @@ class SupervisorShell:
               rules: RestartRules | None = None) -> dict[str, Any]:
         if self.sup is not None:
             raise LaunchError("this supervisor already runs an app")
-        self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name),
+        self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name,
+                                                            vfs=self.vfs),
                               Path(home), node=self.node_ip,
                               rules=rules or RestartRules.from_env())
         return {**self.sup.start(), "nodeId": self.node_id, "actorName": self.name}
@@ -153,6 +158,11 @@ class SupervisorShell:
 
     def info(self) -> dict[str, Any]:
         return {**self._sup().info(), "nodeId": self.node_id, "actorName": self.name}
+
+    def describe(self) -> dict[str, Any]:
+        """This actor: its worker's pid, its node and the app it runs (if any)."""
+        return {"pid": os.getpid(), "node": self.node_id,
+                "appId": self.sup.app_id if self.sup is not None else None}
 
     def close(self) -> None:
         if self.sup is not None:

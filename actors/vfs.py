@@ -1,55 +1,101 @@
-"""The VFS as a Ray actor, around ``estarter.kernel.vfs.Vfs``.
+"""The VFS actor: ``estarter-vfs``, around ``estarter.kernel.fs_service.VfsService``.
 
-The kernel does not call it on the API path: serving ``fs.*`` inside the kernel
-actor's process saves one actor hop per call (about 0.7 ms here), which the fs
-round-trip target cannot afford (see benchmarks/bench_fs.py). The actor serves
-the same files with the same containment and quota rules, for tools and jobs that
-want the VFS of a home without going through an app.
+Every ``fs.*`` call is served here. A hosted app's calls come straight from its
+supervisor, which looked this actor up once when it was created and binds the app's
+id to each call (the app never names itself); socket clients' calls come through
+the kernel. Threaded (``VFS_OPTIONS``): one app's large transfer never blocks another
+app's call. Permission checks read the committed grants (``PermissionClient``), so
+a revocation counts on the next call. Restarted by Ray after a crash (files are on
+disk, written atomically; quotas are asked again).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from estarter.errors import EstarterError
-from estarter.kernel.vfs import Vfs
+from estarter.kernel.fs_service import DEFAULT_DISK_QUOTA_BYTES, VfsService
+from estarter.kernel.grants import AUDIT_FLUSH_SECONDS
+from estarter.kernel.methods import retry_on_restart
+from estarter.protocol.kernel_wire import decode_reply, encode_call
 
 from . import ray_api
-from .options import VFS_OPTIONS
-
-DEFAULT_QUOTA_BYTES = 100 * 1024 * 1024
+from .options import BLOCKING, KERNEL_NAME, VFS_OPTIONS
+from .permissions import RETRY_SECONDS, permission_client
 
 
 class VfsShell:
     def __init__(self, home: str) -> None:
         from estarter.store import AppStore
 
-        self._store = AppStore(Path(home))
-        self.vfs = Vfs(Path(home), self._quota_of)
+        self.home = Path(home)
+        self._store = AppStore(self.home)
+        self.permissions = permission_client(self.home)
+        self.service = VfsService(self.home, self.permissions, self._quota_of)
+        # Audit rows of the checks made here reach the permissions actor within a second.
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                         name="estarter-vfs-audit")
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(AUDIT_FLUSH_SECONDS)
+            self.permissions.flush()
 
     def _quota_of(self, app_id: str) -> int:
+        """After a restart: the kernel knows each running app's quota; an installed
+        app's manifest says it too."""
+        try:
+            kernel = ray_api.get_actor(KERNEL_NAME)
+            return int(ray_api.get(kernel.quota_of.options(concurrency_group=BLOCKING)
+                                   .remote(app_id), timeout=10))
+        except EstarterError:
+            pass
         try:
             manifest, _ = self._store.get(app_id)
         except EstarterError:
-            return DEFAULT_QUOTA_BYTES
+            return DEFAULT_DISK_QUOTA_BYTES
         return manifest.disk_quota_mb * 1024 * 1024
 
-    def call(self, app_id: str, op: str, kwargs: dict[str, Any]) -> Any:
-        """One fs operation (``read``, ``write``, ``delete``, ``mkdir``, ``list``,
-        ``exists``, ``stat``) for ``app_id``; errors are EstarterErrors."""
-        if op not in ("read", "write", "delete", "mkdir", "list", "exists", "stat"):
-            raise EstarterError(f"unknown fs operation {op!r}")
-        return getattr(self.vfs, op)(app_id, **kwargs)
+    def call(self, payload: bytes) -> bytes:
+        """One encoded fs.* call (estarter.protocol.kernel_wire); never raises."""
+        return self.service.call(payload)
+
+    def set_quota(self, app_id: str, quota_bytes: int) -> None:
+        self.service.set_quota(app_id, quota_bytes)
 
     def ping(self) -> bool:
         return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"home": str(self.home), "pid": os.getpid(), "node": ray_api.node_id()}
 
 
 VfsActor = ray_api.remote(VfsShell, VFS_OPTIONS)
 
 
-def get_or_create_vfs(home: Path) -> Any:
-    handle = VfsActor.options(get_if_exists=True).remote(str(home))
+class RayVfsPort:
+    """The kernel's view of the VFS actor (for socket clients' fs.* calls)."""
+
+    def __init__(self, actor: Any, retry_for: float = RETRY_SECONDS) -> None:
+        self.actor = actor
+        self.retry_for = retry_for
+
+    def handle(self, app_id: str, method: str, params: Any = None) -> Any:
+        retry = self.retry_for if retry_on_restart(method, params) else 0.0
+        reply = ray_api.call_retrying(self.actor.call, (encode_call(app_id, method, params),),
+                                      retry)
+        return decode_reply(reply)
+
+    def set_quota(self, app_id: str, quota_bytes: int) -> None:
+        ray_api.call_retrying(self.actor.set_quota, (app_id, quota_bytes), self.retry_for)
+
+
+def get_or_create_vfs(home: Path, options: dict[str, Any] | None = None) -> Any:
+    handle = VfsActor.options(get_if_exists=True, **(options or {})).remote(str(home))
     ray_api.get(handle.ping.remote(), timeout=120)
     return handle

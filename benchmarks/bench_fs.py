@@ -2,9 +2,8 @@
 a raw Ray actor call doing the same write (temp file, fsync, rename, fsync of the
 folder) and read, in the same run.
 
-Also, for information: the same two operations through the separate VFS actor
-(``actors/vfs.py``) from the driver, i.e. what one more actor hop per call costs;
-that is why the kernel serves fs.* in its own process.
+The app's fs.* calls go from its supervisor straight to the VFS actor
+(``actors/vfs.py``): one actor call each, like the baseline's one.
 
     python -m benchmarks.bench_fs
 """
@@ -84,26 +83,6 @@ def _raw_actor_median(folder: str) -> float:
         ray.kill(actor)
 
 
-def _vfs_actor_median(home: Path) -> float:
-    import ray
-
-    from actors.vfs import get_or_create_vfs
-
-    vfs = get_or_create_vfs(home)
-    body = "x" * 1024
-    try:
-        samples = []
-        for i in range(ROUNDS + WARMUP):
-            t0 = time.perf_counter()
-            ray.get(vfs.call.remote("bench", "write", {"path": "/appdata/b.txt", "text": body}))
-            ray.get(vfs.call.remote("bench", "read", {"path": "/appdata/b.txt"}))
-            if i >= WARMUP:
-                samples.append(time.perf_counter() - t0)
-        return statistics.median(samples)
-    finally:
-        ray.kill(vfs)
-
-
 def _app_median(rt: Any, folder: Path) -> float:
     handle = rt.launch(folder, grants=["fs.write"])
     info = handle.wait(timeout=300)
@@ -141,9 +120,6 @@ def run(report: Report) -> None:
         base = _raw_actor_median(str(raw_dir))
         report("target 7: hosted 1 KB fs.write + fs.read vs raw Ray actor call",
                ours * 1e3, base * 1e3, 2.5, "ms")
-        hop = _vfs_actor_median(root / "vfs-home")
-        report("info: the same via a separate VFS actor (2 calls) vs raw Ray actor call",
-               hop * 1e3, base * 1e3, None, "ms")
 
 
 if __name__ == "__main__":

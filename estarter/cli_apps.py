@@ -286,8 +286,11 @@ def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
 
     caps = host_capabilities()
     info = read_runtime(home_of(home))
-    runtime = {"up": bool(info and reachable(info.address)),
-               "address": info.address if info else None}
+    runtime: dict[str, Any] = {"up": bool(info and reachable(info.address)),
+                               "address": info.address if info else None, "actors": []}
+    if runtime["up"]:
+        with connected(home) as rt:
+            runtime["actors"] = rt.actors()
     data = {"capabilities": caps, "runtime": runtime}
 
     def human() -> None:
@@ -296,6 +299,11 @@ def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
             out.print(f"{mark:3} {cap['name']}: {cap['detail']}", markup=False)
         out.print(f"runtime: {'up at ' + str(runtime['address']) if runtime['up'] else 'not up'}",
                   markup=False)
+        for actor in runtime["actors"]:
+            what = f" ({actor['appId']})" if actor.get("appId") else ""
+            state = "" if actor.get("alive") else f" DOWN: {actor.get('error', '')}"
+            out.print(f"  {actor['role']:12} {actor['name']}{what} node {actor.get('node')} "
+                      f"pid {actor.get('pid')}{state}", markup=False)
 
     emit(data, as_json, human)
 

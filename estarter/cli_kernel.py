@@ -44,8 +44,36 @@ def _home(home: Path | None) -> Path:
     return home.expanduser().resolve() if home is not None else default_home()
 
 
-def _manager(home: Path | None) -> PermissionManager:
-    return PermissionManager(state_db(_home(home)))
+def _manager(home: Path | None) -> Any:
+    """The permission authority: the runtime's permissions actor while a runtime is
+    up for this home, else the files (SQLite) directly."""
+    from .daemon import reachable, read_runtime
+
+    root = _home(home)
+    info = read_runtime(root)
+    if info is not None and reachable(info.address):
+        from .errors import EstarterError
+        from .runtime import Runtime
+
+        try:
+            return _Connected(Runtime.connect(root))
+        except EstarterError:
+            pass  # recorded but not answering: the files are still the truth
+    return PermissionManager(state_db(root))
+
+
+class _Connected:
+    """The permissions actor of the runtime that is up; ``close`` disconnects."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self._authority = runtime.permission_authority()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._authority, name)
+
+    def close(self) -> None:
+        self._runtime.shutdown()
 
 
 def _fail(message: str) -> typer.Exit:

@@ -167,6 +167,7 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
     their restart policy), every supervisor and the kernel of this home and, if
     ``up`` started it, the Ray head. Idempotent."""
     from actors import KERNEL_NAME, ray_api
+    from actors.kernel import kill_runtime
     from actors.options import BLOCKING
     from actors.supervisor import supervisor_prefix
 
@@ -182,7 +183,7 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
                 if desc["home"] == str(home):
                     killed = ray_api.get(kernel.release.options(concurrency_group=BLOCKING)
                                          .remote(grace, True), timeout=120 + grace)
-                    ray_api.kill(kernel)
+                    kill_runtime(kernel)  # and the VFS and permissions actors
             except EstarterError:
                 pass  # no kernel (or it does not answer): sweep what is left
             killed += ray_api.kill_named(supervisor_prefix(home))

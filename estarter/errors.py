@@ -23,6 +23,7 @@ QUOTA_EXCEEDED = -32003
 TIMEOUT = -32004
 BUSY = -32005
 NOT_SUPPORTED = -32006
+UNAVAILABLE = -32007
 
 
 class EstarterError(Exception):
@@ -171,9 +172,18 @@ class RuntimeClosed(EstarterError):
     code = OTHER
 
 
-class ActorUnavailable(NotFound):
-    """A Ray actor (the kernel, a supervisor) is dead or restarting, so a call to it
-    got no answer. Callers of the kernel retry these for a bounded time."""
+class Unavailable(EstarterError):
+    """The kernel or one of its actors (permissions, VFS) is down or restarting and
+    the call could not be served in time. Not NotFound: the file or app may well
+    exist. Trying again later may succeed."""
+
+    code = UNAVAILABLE
+
+
+class ActorUnavailable(Unavailable):
+    """A Ray actor (the kernel, the VFS, the permissions, a supervisor) is dead or
+    restarting, so a call to it got no answer. Callers retry idempotent calls for a
+    bounded time (``estarter.kernel.methods.retry_on_restart``)."""
 
 
 class Unschedulable(LaunchError):
@@ -196,6 +206,7 @@ _BY_CODE: dict[int, type[EstarterError]] = {
         ApiTimeout,
         Busy,
         NotSupported,
+        Unavailable,
     )
 }
 
@@ -212,6 +223,7 @@ __all__ = [
     "PERMISSION_DENIED",
     "QUOTA_EXCEEDED",
     "TIMEOUT",
+    "UNAVAILABLE",
     "ActorUnavailable",
     "ApiTimeout",
     "Busy",
@@ -231,5 +243,6 @@ __all__ = [
     "QuotaExceeded",
     "RuntimeClosed",
     "SandboxUnavailable",
+    "Unavailable",
     "Unschedulable",
 ]

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from .kernel.core import Kernel
+from .kernel.methods import BLOCKING_METHODS
 from .kernel.permissions import PermissionManager
 from .paths import state_db
 from .policy import SandboxPolicy
-from .supervision import BLOCKING_METHODS, RestartRules, Supervisor
+from .supervision import RestartRules, Supervisor
 
 
 class LocalKernelPort:

@@ -237,6 +237,35 @@ class Runtime:
         futures = [self.submit(fn, item, limits=limits) for item in iterable]
         return (f.result() for f in futures)
 
+    def permission_authority(self) -> Any:
+        """The one authority for grants, requests, revocations and the audit (the
+        permissions actor; in local mode the kernel's PermissionManager), with
+        PermissionManager's methods."""
+        self._check()
+        if self.local:
+            return self.kernel.permissions
+        from actors.permissions import authority
+
+        return authority()
+
+    def actors(self) -> builtins.list[dict[str, Any]]:
+        """The runtime's actors: kernel, permissions, VFS and one supervisor per app,
+        each with its role, node and pid (in local mode: the same classes, all in
+        this process)."""
+        self._check()
+        if self.local:
+            pid = os.getpid()
+            out = [{"name": role, "role": role, "node": "local", "pid": pid, "alive": True}
+                   for role in ("kernel", "permissions", "vfs")]
+            out += [{"name": f"supervisor-{r['appId']}", "role": "supervisor",
+                     "node": "local", "pid": pid, "appId": r["appId"], "alive": True}
+                    for r in self.kernel.list_apps() if r.get("state") in ("starting",
+                                                                           "running")]
+            return out
+        from actors.kernel import describe_runtime
+
+        return describe_runtime(self.home)
+
     def notifications(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self.kernel.notifications(limit))
 
@@ -268,7 +297,9 @@ class Runtime:
             pass
         finally:
             if created:
-                ray_api.kill(handle)
+                from actors.kernel import kill_runtime
+
+                kill_runtime(handle)  # and the VFS and permissions actors
             if started_ray:
                 ray_api.shutdown()
 

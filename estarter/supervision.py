@@ -24,17 +24,11 @@ from .errors import Busy, EstarterError, RuntimeClosed
 from .hosting.applog import level_of, one_line
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
+from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS
 from .manifest import RestartPolicy
 from .paths import app_zones, log_file
 from .policy import SandboxPolicy
 
-# Kernel methods that may wait (for a message, the operator, another app's start);
-# served on the kernel's blocking threads, at most MAX_WAITING_CALLS per app at once.
-BLOCKING_METHODS = frozenset({
-    "ipc.receive", "permission.request", "process.launch", "process.terminate",
-    "system.shutdown",
-})
-MAX_WAITING_CALLS = 8
 LOG_BUFFER_LINES = 10000
 LOG_FILE_BYTES = 5 * 1024 * 1024
 LOG_FILE_BACKUPS = 3

@@ -16,6 +16,7 @@ from sdk.errors import (
     NotSupportedError,
     PermissionDeniedError,
     QuotaExceededError,
+    UnavailableError,
 )
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "NotSupportedError",
     "PermissionDeniedError",
     "QuotaExceededError",
+    "UnavailableError",
     "connect",
 ]

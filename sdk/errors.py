@@ -82,6 +82,14 @@ class NotSupportedError(ApiError):
     default_code = -32006
 
 
+class UnavailableError(ApiError):
+    """The kernel or one of its actors is down or restarting and could not serve the
+    call in time (not NotFoundError: the file or app may exist). Retrying later may
+    succeed."""
+
+    default_code = -32007
+
+
 class MethodNotFoundError(ApiError):
     """The kernel has no method of this name."""
 
@@ -109,6 +117,7 @@ _BY_CODE: dict[int, type[ApiError]] = {
         ApiTimeoutError,
         BusyError,
         NotSupportedError,
+        UnavailableError,
         MethodNotFoundError,
         InvalidParamsError,
     )
@@ -125,4 +134,5 @@ __all__ = [
     "NotSupportedError",
     "PermissionDeniedError",
     "QuotaExceededError",
+    "UnavailableError",
 ]

@@ -24,8 +24,10 @@ from ..policy import SandboxPolicy
 from ..state import AppRecords
 from . import recovery, services
 from .events import EventLog
+from .fs_service import VfsService
 from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
 from .ipc import Ipc
+from .methods import VFS_METHODS
 from .permissions import PermissionManager
 from .recovery import Attach
 from .registry import Registry
@@ -33,7 +35,6 @@ from .router import CallContext, Router, as_params
 from .socket_server import Connection, SocketServer
 from .tokens import TokenStore
 from .ui import Clipboard, Notifications
-from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ class Spawner(Protocol):
     def spawn(self, policy: SandboxPolicy, run_id: int) -> SupervisorPort:
         """Create the supervisor and start the app; raises LaunchError."""
         ...
+
+
+class VfsPort(Protocol):
+    """How the kernel reaches the VFS service (in-process, or the VFS actor)."""
+
+    def handle(self, app_id: str, method: str, params: Any = None) -> Any: ...
+
+    def set_quota(self, app_id: str, quota_bytes: int) -> None: ...
 
 
 class AppResolver(Protocol):
@@ -124,6 +133,7 @@ class Kernel:
         serve_socket: bool = True,
         request_timeout: float = REQUEST_TIMEOUT_SECONDS,
         records: AppRecords | None = None,
+        vfs: VfsPort | None = None,
     ) -> None:
         self.home = Path(home)
         self.permissions = permissions
@@ -144,7 +154,9 @@ class Kernel:
         self._sockets: dict[str, set[Connection]] = {}
         self._quotas: dict[str, int] = {}
         db = kernel_db(self.home)
-        self.vfs = Vfs(self.home, self.quota_of)
+        # fs.* is the VFS service's (the VFS actor in Ray mode): the kernel only
+        # forwards the calls of socket clients; hosted apps' reach it from their supervisor.
+        self.vfs: VfsPort = vfs or VfsService(self.home, permissions, self.quota_of)
         self.registry = Registry(db, clock=clock)
         self.notices = Notifications(db, clock=clock)
         self.tokens = TokenStore(db, clock=clock)
@@ -162,6 +174,8 @@ class Kernel:
 
     def handle(self, app_id: str, method: str, params: Any = None) -> Any:
         """Serve one API call of ``app_id``; raises an EstarterError to answer an error."""
+        if isinstance(method, str) and method in VFS_METHODS:
+            return self.vfs.handle(app_id, method, params)  # checked there
         entry = self.router.lookup(method)
         p = as_params(params)
         if entry.permission is not None and not self.permissions.check(
@@ -280,6 +294,7 @@ class Kernel:
             rec = AppRecord(app_id, run_id, policy, self.clock(), ref)
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
+        self.vfs.set_quota(app_id, policy.disk_quota_bytes)
         if self.records is not None:
             self.records.launched(app_id, run_id, ref, policy.restart.value)
         spawn: Any = self.spawner.spawn  # ``node=`` is not part of the Spawner protocol
@@ -354,6 +369,7 @@ class Kernel:
         with self._lock:
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
+        self.vfs.set_quota(app_id, policy.disk_quota_bytes)
         self.lifecycle.seed(app_id)
 
     def recover(self, attach: Attach | None = None) -> dict[str, Any]:

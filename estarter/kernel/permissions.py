@@ -177,6 +177,27 @@ class PermissionManager:
             if self._unflushed >= AUDIT_FLUSH_ROWS:
                 self._flush_audit()
 
+    def append_audit(self, rows: Iterable[tuple[float, str, str, str, str]],
+                     allowed: Iterable[tuple[str, str, str, int, float, float]] = ()) -> None:
+        """Audit of checks another process made (``PermissionClient``): decision rows
+        (time, app, permission, method, decision) and allowed aggregates (app,
+        permission, last method, count, first time, last time)."""
+        with self._lock:
+            for t, a, p, m, d in rows:
+                self._audit_check(float(t), str(a), str(p), str(m), d == "allowed")
+            for app, perm, method, count, first, last in allowed:
+                agg = self._allowed.get((app, perm))
+                if agg is None:
+                    self._allowed[(app, perm)] = [int(count), first, last, method]
+                else:
+                    agg[0] += int(count)
+                    agg[1] = min(agg[1], first)
+                    if last >= agg[2]:
+                        agg[2], agg[3] = last, method
+                self._unflushed += 1
+            if self._unflushed >= AUDIT_FLUSH_ROWS:
+                self._flush_audit()
+
     # -- permission.request: a row the operator answers ------------------------
 
     def open_request(self, app_id: str, permission: str, reason: str) -> int:

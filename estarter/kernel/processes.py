@@ -52,8 +52,8 @@ def register(kernel: Kernel) -> None:
                          name="estarter-system-shutdown").start()
         return {}
 
-    add("process.launch", "process.launch", launch)
-    add("process.terminate", "process.kill", terminate)
-    add("process.list", "system.info", lambda c, p: [_row(r) for r in kernel.list_apps()])
-    add("process.info", "system.info", lambda c, p: _row(kernel.app_info(_app_id(p))))
-    add("system.shutdown", "admin", shutdown)
+    add("process.launch", launch)
+    add("process.terminate", terminate)
+    add("process.list", lambda c, p: [_row(r) for r in kernel.list_apps()])
+    add("process.info", lambda c, p: _row(kernel.app_info(_app_id(p))))
+    add("system.shutdown", shutdown)

@@ -1,4 +1,5 @@
-"""The kernel's method table: name -> (permission, handler). Dispatch with checks."""
+"""The kernel's handlers: name -> handler, with each method's facts (permission,
+who serves it) from the one table in ``methods.py``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidParams, MethodNotFound
+from .methods import spec_of
 
 # handler(ctx, params) -> result. ``params`` is always a dict here.
 Handler = Callable[["CallContext", dict[str, Any]], Any]
@@ -31,10 +33,14 @@ class Router:
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
 
-    def add(self, name: str, permission: str | None, handler: Handler) -> None:
+    def add(self, name: str, handler: Handler) -> None:
+        """Register the handler of a method of the table (``methods.METHODS``)."""
+        spec = spec_of(name)
+        if spec is None:
+            raise ValueError(f"method {name} is not in the method table")
         if name in self._methods:
             raise ValueError(f"method {name} registered twice")
-        self._methods[name] = Method(name, permission, handler)
+        self._methods[name] = Method(name, spec.permission, handler)
 
     def lookup(self, name: str) -> Method:
         method = self._methods.get(name) if isinstance(name, str) else None

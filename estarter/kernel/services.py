@@ -1,5 +1,6 @@
-"""The kernel's method table: system.*, permission.*, ui.*, fs.*, registry.*, ipc.*
-(process.* in processes.py). Each handler only unpacks params; the class does the work."""
+"""The kernel's handlers: system.*, permission.*, ui.*, registry.*, ipc.* (process.*
+in processes.py; fs.* is the VFS service's, fs_service.py). Each handler only
+unpacks params; the class does the work."""
 
 from __future__ import annotations
 
@@ -46,37 +47,21 @@ def _register_system(kernel: Kernel) -> None:
         kernel.app_logs(c.app_id, [(level if level in LOG_LEVELS else "info",
                                     req(p, "message")[:8192])])
 
-    add("system.ping", None, lambda c, p: {"pong": True, "time": kernel.clock()})
-    add("system.time", None, lambda c, p: {"unixMs": int(kernel.clock() * 1000)})
-    add("system.info", "system.info", system_info)
-    add("permission.check", None, lambda c, p: {
+    add("system.ping", lambda c, p: {"pong": True, "time": kernel.clock()})
+    add("system.time", lambda c, p: {"unixMs": int(kernel.clock() * 1000)})
+    add("system.info", system_info)
+    add("permission.check", lambda c, p: {
         "granted": req(p, "permission") in kernel.permissions.granted(c.app_id)})
-    add("permission.list", None,
+    add("permission.list",
         lambda c, p: {"granted": sorted(kernel.permissions.granted(c.app_id))})
-    add("permission.request", None, lambda c, p: kernel.lifecycle.request(c.app_id, p))
-    add("ui.notify", "ui.notification", notify)
-    add("log", None, log)
+    add("permission.request", lambda c, p: kernel.lifecycle.request(c.app_id, p))
+    add("ui.notify", notify)
+    add("log", log)
 
 
 def _register_services(kernel: Kernel) -> None:
     add = kernel.router.add
-    vfs, reg, ipc = kernel.vfs, kernel.registry, kernel.ipc
-
-    def fs_read(c: CallContext, p: Params) -> Any:
-        return vfs.read(c.app_id, req(p, "path"), opt(p, "encoding", str, "text"),
-                        opt(p, "offset", int, 0), opt(p, "length", int, None))
-
-    def fs_write(c: CallContext, p: Params) -> Any:
-        return vfs.write(c.app_id, req(p, "path"), opt(p, "text", str, None),
-                         opt(p, "data", str, None), opt(p, "append", bool, False))
-
-    add("fs.read", "fs.read", fs_read)
-    add("fs.write", "fs.write", fs_write)
-    add("fs.delete", "fs.delete", lambda c, p: vfs.delete(c.app_id, req(p, "path")))
-    add("fs.mkdir", "fs.write", lambda c, p: vfs.mkdir(c.app_id, req(p, "path")))
-    add("fs.list", "fs.read", lambda c, p: vfs.list(c.app_id, req(p, "path")))
-    add("fs.exists", "fs.read", lambda c, p: vfs.exists(c.app_id, req(p, "path")))
-    add("fs.stat", "fs.read", lambda c, p: vfs.stat(c.app_id, req(p, "path")))
+    reg, ipc = kernel.registry, kernel.ipc
 
     def reg_set(c: CallContext, p: Params) -> Any:
         if "value" not in p:
@@ -84,11 +69,11 @@ def _register_services(kernel: Kernel) -> None:
         ttl = opt(p, "ttlSeconds", (int, float), None)
         return reg.set(c.app_id, req(p, "key"), p["value"], None if ttl is None else float(ttl))
 
-    add("registry.get", "fs.read", lambda c, p: reg.get(c.app_id, req(p, "key")))
-    add("registry.list", "fs.read",
+    add("registry.get", lambda c, p: reg.get(c.app_id, req(p, "key")))
+    add("registry.list",
         lambda c, p: reg.list(c.app_id, opt(p, "prefix", str, "")))
-    add("registry.set", "fs.write", reg_set)
-    add("registry.delete", "fs.write", lambda c, p: reg.delete(c.app_id, req(p, "key")))
+    add("registry.set", reg_set)
+    add("registry.delete", lambda c, p: reg.delete(c.app_id, req(p, "key")))
 
     def ipc_send(c: CallContext, p: Params) -> Any:
         if "message" not in p:
@@ -100,14 +85,14 @@ def _register_services(kernel: Kernel) -> None:
             req(p, "message")
         return ipc.broadcast(c.app_id, req(p, "topic"), p["message"])
 
-    add("ipc.send", "ipc.send", ipc_send)
-    add("ipc.broadcast", "ipc.broadcast", ipc_broadcast)
-    add("ipc.subscribe", "ipc.receive", lambda c, p: ipc.subscribe(c.app_id, req(p, "topic")))
-    add("ipc.unsubscribe", "ipc.receive",
+    add("ipc.send", ipc_send)
+    add("ipc.broadcast", ipc_broadcast)
+    add("ipc.subscribe", lambda c, p: ipc.subscribe(c.app_id, req(p, "topic")))
+    add("ipc.unsubscribe",
         lambda c, p: ipc.unsubscribe(c.app_id, req(p, "topic")))
-    add("ipc.receive", "ipc.receive",
+    add("ipc.receive",
         lambda c, p: ipc.receive(c.app_id, opt(p, "timeoutMs", int, 0)))
 
-    add("ui.clipboard.get", "ui.clipboard", lambda c, p: kernel.clipboard.get())
-    add("ui.clipboard.set", "ui.clipboard",
+    add("ui.clipboard.get", lambda c, p: kernel.clipboard.get())
+    add("ui.clipboard.set",
         lambda c, p: kernel.clipboard.set(req(p, "text")))

@@ -6,7 +6,10 @@ token alone names the app (the client never says who it is). No token or a wrong
 one is answered -32001 and the connection is closed. After that the connection
 speaks the same JSON-RPC as a hosted app's stdio, and every call goes through
 ``Kernel.handle``. Connections, in-flight calls, message size and queued output
-are all bounded.
+are all bounded, and each app's calls are admitted per app, whatever the number
+of its connections (``admission.py``): a few quick calls on the pool at once (the
+rest queue behind the app's own) and a capped number of waiting ones, on a pool of
+their own, so clients waiting for messages never delay quick calls.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ..errors import Busy, EstarterError, PermissionDenied
 from ..protocol import messages as m
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FrameDecoder, FramingError, encode_frame
+from .admission import Admission, FairExecutor
+from .methods import is_blocking
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_QUEUED_OUT_BYTES = 32 * 1024 * 1024
 MAX_MALFORMED = 10  # then the connection is closed, as a hosted app is ended
 HELLO_SECONDS = 5.0
-WORKERS = 32
+WORKERS = 16  # quick calls (each app at most MAX_QUICK_CALLS of them)
+BLOCKING_WORKERS = 64  # calls that may wait (each app at most MAX_WAITING_CALLS)
 _CHUNK = 64 * 1024
 
 Handle = Callable[[str, str, Any], Any]  # (app_id, method, params) -> result
@@ -157,6 +163,10 @@ class SocketServer:
         self._live: set[Connection] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS,
                                                            thread_name_prefix="estarter-sock")
+        self._waits = concurrent.futures.ThreadPoolExecutor(
+            BLOCKING_WORKERS, thread_name_prefix="estarter-sock-wait")
+        self.admission = Admission()
+        self._fair = FairExecutor(self._pool)
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,7 +193,18 @@ class SocketServer:
         self._thread.start()
 
     def submit(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
-        return self._pool.submit(self._handle, app_id, method, params)
+        """Serve one call of ``app_id`` on a pool thread (see admission.py); a waiting
+        call over its app's cap is refused with Busy."""
+        if not is_blocking(method):
+            return self._fair.submit(app_id, self._handle, app_id, method, params)
+        self.admission.enter(app_id, method)
+        try:
+            fut = self._waits.submit(self._handle, app_id, method, params)
+        except RuntimeError:  # the pool is shut down
+            self.admission.leave(app_id)
+            raise
+        fut.add_done_callback(lambda _: self.admission.leave(app_id))
+        return fut
 
     def connections(self) -> int:
         with self._lock:
@@ -205,6 +226,7 @@ class SocketServer:
         for conn in live:
             conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._waits.shutdown(wait=False, cancel_futures=True)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None

@@ -125,7 +125,7 @@ def test_logs_prints_the_tail(tmp_path: Path) -> None:
 def test_doctor_one_line_per_capability(tmp_path: Path) -> None:
     data = ok_json(tmp_path / "home", "doctor")
     assert {c["name"] for c in data["capabilities"]} >= {"cgroup", "sandbox.bwrap"}
-    assert data["runtime"] == {"up": False, "address": None}
+    assert data["runtime"] == {"up": False, "address": None, "actors": []}
     human = run(tmp_path / "home", "doctor")
     assert len(human.stdout.splitlines()) == len(data["capabilities"]) + 1
 

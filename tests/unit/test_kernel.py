@@ -134,7 +134,7 @@ def _token(kernel: Kernel) -> str:
 def test_socket_client_is_identified_by_its_token(kernel: Kernel) -> None:
     assert kernel.socket is not None
     kernel.permissions.grant(APP, ["fs.write"])
-    kernel.vfs.write(APP, "/appdata/hello.txt", text="from the kernel")
+    kernel.handle(APP, "fs.write", {"path": "/appdata/hello.txt", "text": "from the kernel"})
     client = EStarterClient.connect(path=str(kernel.socket.path), token=_token(kernel))
     try:
         assert client.fs.read_text("/appdata/hello.txt") == "from the kernel"

@@ -31,6 +31,7 @@ from sdk import (
     NotSupportedError,
     PermissionDeniedError,
     QuotaExceededError,
+    UnavailableError,
 )
 from sdk._wire import encode_frame, read_frame
 from sdk.transports import SocketTransport, _FramedTransport
@@ -136,6 +137,7 @@ def test_concurrent_callers_get_their_own_answers(pair: Any) -> None:
         (-32004, ApiTimeoutError),
         (-32005, BusyError),
         (-32006, NotSupportedError),
+        (-32007, UnavailableError),
         (-32601, MethodNotFoundError),
         (-32602, InvalidParamsError),
         (-32099, ApiError),
@@ -513,7 +515,7 @@ def test_public_exports() -> None:
     assert set(sdk.__all__) == {
         "ApiError", "ApiTimeoutError", "BusyError", "ConnectionClosedError", "EStarterClient",
         "InvalidParamsError", "MethodNotFoundError", "NotFoundError", "NotSupportedError",
-        "PermissionDeniedError", "QuotaExceededError", "connect",
+        "PermissionDeniedError", "QuotaExceededError", "UnavailableError", "connect",
     }
     for name in sdk.__all__:
         assert getattr(sdk, name) is not None
