@@ -121,6 +121,16 @@ def test_inspect_and_logs_of_a_running_app(shared_home: Path, tmp_path: Path) ->
     ok_json(home, "start", "sleeper")
     info = ok_json(home, "inspect", "sleeper")
     assert info["state"] == "running" and "limits" in info["host"]
+    actors = ok_json(home, "doctor")["runtime"]["actors"]
+    named = [a["name"] for a in actors if a["role"] != "supervisor"]
+    assert named == ["estarter-kernel", "estarter-permissions", "estarter-vfs"], actors
+    assert [a["appId"] for a in actors if a.get("appId")] == ["sleeper"], actors
+    assert all(a["alive"] and a["pid"] and a["node"] for a in actors), actors
+    # While the runtime is up, grants change through its permissions actor, audited.
+    revoked = ok_json(home, "permissions", "revoke", "sleeper", "fs.read")
+    assert "fs.read" not in revoked["granted"]
+    audit = ok_json(home, "permissions", "audit", "sleeper")
+    assert [(a["decision"], a["method"]) for a in audit][-1] == ("revoked", "operator:cli")
     assert wait_until(lambda: "awake" in estarter(home, "logs", "sleeper").stdout, 60)
     assert ok_json(home, "restart", "sleeper")["runId"] > info["runId"]
     ok_json(home, "stop", "sleeper")
