@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-SYSTEM_PACKAGES := bubblewrap clang lld wasi-libc libclang-rt-dev-wasm32
+SYSTEM_PACKAGES := bubblewrap slirp4netns clang lld wasi-libc libclang-rt-dev-wasm32
 
 .PHONY: setup system-packages demo test lint typecheck pytest bench clean
 

@@ -137,10 +137,14 @@ class SupervisorShell:
               rules: RestartRules | None = None) -> dict[str, Any]:
         if self.sup is not None:
             raise LaunchError("this supervisor already runs an app")
+        # An app with network reaches no Ray node: this one's addresses are found at
+        # launch, the others' are these.
+        others = tuple(n["address"] for n in ray_api.alive_nodes()
+                       if n["address"]) if policy.network_allowed else ()
         self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name,
                                                             vfs=self.vfs),
                               Path(home), node=self.node_ip,
-                              rules=rules or RestartRules.from_env())
+                              rules=rules or RestartRules.from_env(), blocked_addresses=others)
         return {**self.sup.start(), "nodeId": self.node_id, "actorName": self.name}
 
     def policy(self) -> SandboxPolicy:

@@ -254,7 +254,7 @@ def run_sandboxed(payload: bytes, raw_limits: Mapping[str, Any] | None,
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=plan.env, cwd=str(folder),
-                                    close_fds=True)
+                                    close_fds=True, pass_fds=plan.pass_fds)
         except OSError as exc:
             return {"status": "crashed", "detail": f"cannot start: {exc}"}
         lim.started(proc.pid)

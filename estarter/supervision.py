@@ -157,6 +157,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         schedule: Callable[[float, Callable[[], None]], Cancellable] | None = None,
         flush_interval: float = 0.05,
+        blocked_addresses: tuple[str, ...] = (),
     ) -> None:
         self.policy = policy
         self.app_id = policy.app_id
@@ -164,6 +165,7 @@ class Supervisor:
         self.kernel = kernel
         self.home = Path(home)
         self.node = node
+        self.blocked_addresses = blocked_addresses  # e.g. the other Ray nodes' (network.py)
         self.rules = rules or RestartRules()
         self._factory = host_factory
         self._clock = clock
@@ -258,7 +260,8 @@ class Supervisor:
         for path in zones.values():
             path.mkdir(parents=True, exist_ok=True)
         ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
-                          home=self.home, appdata=zones["appdata"], zones=zones)
+                          home=self.home, appdata=zones["appdata"], zones=zones,
+                          blocked_addresses=self.blocked_addresses)
         host = self._factory(self.policy, ctx)
         with self._lock:
             self._host = host

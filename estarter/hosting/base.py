@@ -70,6 +70,9 @@ class HostContext:
     appdata: Path  # the app's appdata zone on disk (its working folder)
     zones: dict[str, Path] = field(default_factory=dict)  # virtual name -> host folder
     env: dict[str, str] = field(default_factory=dict)  # extra ESTARTER_* variables
+    # Unreachable for an app with network, besides this node's own addresses (found
+    # at launch): addresses or networks, e.g. the other Ray nodes'.
+    blocked_addresses: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -23,6 +23,10 @@ Spec keys (all optional):
   cgroup_procs: [path]    files to write our pid into (cgroup.procs), in order
   rlimits: {name: [soft, hard]}   e.g. {"RLIMIT_AS": [n, n]}
   unshare_net: bool       new network namespace (loopback down, no route out)
+  info_fd, block_fd: int  (as bwrap's) after unshare_net, write {"child-pid": pid,
+                          "net-namespace": inode} to info_fd, then wait for one byte
+                          on block_fd (EOF: exit 122) while the supervisor sets up
+                          the namespace's network; both are closed before the exec
   no_new_privs: bool
   user: [uid, gid]        drop to this user (no supplementary groups) last
 Exit codes: 121 spec error, 122 set-up failed, 127 exec failed (message on stderr).
@@ -167,6 +171,14 @@ def apply(spec: dict) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if spec.get("unshare_net") and libc.unshare(CLONE_NEWNET) != 0:
         _fail(122, f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
+    if spec.get("info_fd") is not None:
+        ns = os.stat("/proc/self/ns/net").st_ino
+        os.write(spec["info_fd"], b'{"child-pid": %d, "net-namespace": %d}\n' % (os.getpid(), ns))
+        os.close(spec["info_fd"])
+    if spec.get("block_fd") is not None:
+        if os.read(spec["block_fd"], 1) != b"1":
+            _fail(122, "the supervisor did not release the launch")
+        os.close(spec["block_fd"])
     if spec.get("no_new_privs") and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _fail(122, f"prctl(NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
     if spec.get("user"):
@@ -215,6 +227,8 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:  # (no typing import: star
                 name, limits = value.split("=", 1)
                 soft, hard = (int(x) for x in limits.split(":", 1))
                 spec["rlimits"][name] = [soft, hard]
+            elif flag in ("--info-fd", "--block-fd"):
+                spec[flag[2:].replace("-", "_")] = int(value)
             elif flag == "--user":
                 spec["user"] = [int(x) for x in value.split(":", 1)]
             else:

@@ -140,6 +140,8 @@ class ProcessHost:
         owner.start()
         if not self._spawned.wait(30):
             raise LaunchError(f"{self.app_id}: spawn did not complete within 30 s")
+        if isinstance(self._spawn_error, EstarterError):
+            raise self._spawn_error
         if self._spawn_error is not None:
             raise LaunchError(f"{self.app_id}: cannot start: {self._spawn_error}") from None
 
@@ -226,8 +228,18 @@ class ProcessHost:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=plan.env, cwd=str(plan.cwd), close_fds=True, bufsize=0,
+                pass_fds=plan.pass_fds,
             )
         except OSError as exc:
+            self._spawn_error = exc
+            self._state = HostState.FAILED
+            self._spawned.set()
+            return
+        try:
+            self._limits.started(proc.pid)  # sets up an outbound network before the app runs
+        except EstarterError as exc:  # strict mode, and it could not: the child is killed
+            with proc:  # closes its pipes, reaps it
+                pass
             self._spawn_error = exc
             self._state = HostState.FAILED
             self._spawned.set()
@@ -237,7 +249,6 @@ class ProcessHost:
         os.set_blocking(proc.stdin.fileno(), False)
         self._stdin_fd = proc.stdin.fileno()
         self._started_at = time.time()
-        self._limits.started(proc.pid)
         self._state = HostState.RUNNING
         for target, name in ((self._read_stdout, "reader"), (self._read_stderr, "stderr"),
                              (self._write_stdin, "writer")):

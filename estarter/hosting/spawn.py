@@ -46,6 +46,9 @@ def spec_flags(spec: dict[str, Any]) -> list[str]:
         flags += ["--rlimit", f"{name}={int(soft)}:{int(hard)}"]
     if spec.get("unshare_net"):
         flags.append("--unshare-net")
+    for key in ("info_fd", "block_fd"):
+        if spec.get(key) is not None:
+            flags += [f"--{key.replace('_', '-')}", str(int(spec[key]))]
     if spec.get("no_new_privs"):
         flags.append("--no-new-privs")
     if spec.get("user"):

@@ -120,7 +120,8 @@ def test_bwrap_argv_mounts_zones_by_permission(tmp_path: Path) -> None:
                                                                rw.index("/appdata") + 1]
     assert "--bind" not in rw
     assert rw[rw.index("--chdir") + 1] == "/appdata" and rw[-1] == "--"
-    assert "--share-net" in rw and "--cap-drop" in rw and "--die-with-parent" in rw
+    # Never the host's network, with or without networkAllowed (network.py adds slirp).
+    assert "--share-net" not in rw and "--cap-drop" in rw and "--die-with-parent" in rw
     assert not any("shadow" in a for a in rw) and "/etc" not in rw
     ro = argv(granted=frozenset({"fs.read"}), network_allowed=False)
     assert ro[ro.index("/shared") - 2] == "--ro-bind" and "--share-net" not in ro

@@ -19,6 +19,7 @@ from ...errors import SandboxUnavailable
 from ...policy import SandboxPolicy
 from .. import launcher
 from ..base import ExitReason, HostContext
+from . import network
 from .cgroupfs import Cgroups
 from .detect import HostFacts
 from .plan import LaunchPlan, Outcome
@@ -37,7 +38,8 @@ TOKEN_ENV = "ESTARTER_LIMITS_TOKEN"
 
 
 class AppLimits:
-    """Limits of one launch. Every method but ``plan`` is idempotent and never raises."""
+    """Limits of one launch. Every method but ``plan`` and ``started`` (strict mode
+    only) is idempotent and never raises."""
 
     def __init__(self, policy: SandboxPolicy, ctx: HostContext, facts: HostFacts,
                  cgroups: Cgroups | None, *, run_as: tuple[int, int] | None = None) -> None:
@@ -53,6 +55,8 @@ class AppLimits:
         self.rlimits: dict[str, list[int]] = {}
         self.sandboxed = False
         self.network = "host"
+        self.net: network.SlirpNetwork | None = None  # the outbound network's slirp4netns
+        self._not_applied: list[str] = []
         self.sampler: TreeSampler | None = None
         self._lock = threading.Lock()
         self._cleaned = False
@@ -109,6 +113,8 @@ class AppLimits:
                 out.missing("networkAllowed=false (no CAP_SYS_ADMIN and no sandbox)")
             if self.network != "host":
                 out.ok(f"networkAllowed=false: {self.network}")
+        else:
+            wrapper = self._plan_outbound(spec, wrapper, out)
         if not self.sandboxed or self.cgroups is not None:
             # If the supervisor dies, nobody else would kill a daemon that escaped
             # PDEATHSIG (bwrap's PID namespace does that when sandboxed) or remove
@@ -119,13 +125,68 @@ class AppLimits:
         if self.run_as is not None:
             spec["user"] = list(self.run_as)
         env = {**env, TOKEN_ENV: self.token}
-        return LaunchPlan(spec, wrapper, list(argv), env, cwd, out.applied, out.not_applied)
+        self._not_applied = out.not_applied
+        return LaunchPlan(spec, wrapper, list(argv), env, cwd, out.applied, out.not_applied,
+                          pass_fds=self.net.child_fds if self.net else ())
+
+    def _plan_outbound(self, spec: dict[str, Any], wrapper: list[str],
+                       out: Outcome) -> list[str]:
+        """networkAllowed: a namespace of its own whose one way out is slirp4netns, this
+        node's addresses blocked (``network.py``); never the host's. The launcher makes
+        the namespace and waits while the supervisor sets it up; bwrap, started after
+        that, shares it (its own loopback set-up would race with ours, and a namespace
+        owned by the host's user namespace is out of reach of the app's root, if any).
+        The wrapper back."""
+        slirp = self.facts.slirp
+        if not self.facts.cap_sys_admin:  # slirp4netns needs root anyway
+            if self.sandboxed:
+                self.network = "none (bwrap --unshare-net)"
+            out.missing("networkAllowed=true outbound only (no CAP_SYS_ADMIN): "
+                        + ("no network at all" if self.sandboxed else "the host's network"))
+            return wrapper
+        if slirp.path is None:
+            if not self.sandboxed:
+                spec["unshare_net"] = True
+            self.network = f"none ({slirp.error})"
+            out.missing(f"networkAllowed=true ({slirp.error}): no network at all")
+            return wrapper
+        self.net = network.SlirpNetwork(
+            slirp, network.blocked_networks(self.ctx.blocked_addresses))
+        self.network = self.net.describe()
+        spec["unshare_net"] = True
+        spec["info_fd"], spec["block_fd"] = self.net.child_fds
+        if self.sandboxed:
+            wrapper = [*wrapper[:-1], "--share-net", "--"]  # the launcher's own namespace
+        elif (self.run_as[0] if self.run_as else os.geteuid()) == 0:
+            out.missing("networkAllowed=true: node addresses blocked (the app runs as "
+                        "root outside a sandbox and could change its routes)")
+        out.ok(f"networkAllowed=true: {self.network}")
+        return wrapper
 
     def started(self, pid: int) -> None:
-        """Called with the child's pid right after spawn."""
+        """Called with the child's pid right after spawn. An outbound network is set up
+        first (the child waits for it); if that fails, the app runs with no network at
+        all (reported), or in strict mode is killed and SandboxUnavailable raised."""
         self.pid = pid
+        if self.net is not None:
+            self._attach_network(self.net)
         if self.cgroups is None and ({"RLIMIT_AS", "RLIMIT_CPU"} & self.rlimits.keys()):
             self.sampler = TreeSampler(pid)
+
+    def _attach_network(self, net: network.SlirpNetwork) -> None:
+        try:
+            net.attach()
+        except network.NetworkSetupError as exc:
+            line = f"networkAllowed=true (slirp4netns set-up failed: {exc}): no network at all"
+            if self.policy.strict:
+                self.kill()
+                net.close()
+                raise SandboxUnavailable(f"{self.policy.app_id}: cannot apply {line} (strict "
+                                         "mode refuses to launch)", {"limit": line}) from None
+            self.network = f"none (slirp4netns set-up failed: {exc})"
+            self._not_applied.append(line)
+            self.ctx.log("warning", f"limit not applied: {line}")
+        net.release()
 
     def exit_reason(self, code: int | None) -> ExitReason | None:
         """A limit that explains this exit, read from the kernel's counters, or None."""
@@ -178,6 +239,8 @@ class AppLimits:
             "rlimits": {k: list(v) for k, v in self.rlimits.items()},
             "sandbox": "bwrap" if self.sandboxed else "off",
             "network": self.network,
+            "networkSetupMs": (round(self.net.setup_seconds * 1000, 1)
+                               if self.net and self.net.setup_seconds is not None else None),
             "runAs": list(self.run_as) if self.run_as else None,
             "sampled": self.sampler.snapshot() if self.sampler else None,
         }
@@ -190,6 +253,8 @@ class AppLimits:
             self._cleaned = True
         if self.sampler is not None:
             self.sampler.stop()
+        if self.net is not None:
+            self.net.close()  # slirp4netns stopped and reaped
         cg = self.cgroups
         if cg is None:
             return

@@ -17,6 +17,7 @@ from typing import Any
 from .cgroup_v1 import mounted_controllers
 from .cgroup_v2 import WANTED as V2_WANTED
 from .cgroup_v2 import available_controllers
+from .network import NO_SLIRP, SlirpFacts, probe_slirp
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAP_SYS_ADMIN = 21
@@ -32,6 +33,7 @@ class HostFacts:
     cap_sys_admin: bool = False
     bwrap: str | None = None
     bwrap_error: str = ""
+    slirp: SlirpFacts = NO_SLIRP  # the outbound network of apps with networkAllowed
 
     @property
     def backend(self) -> str:
@@ -95,6 +97,7 @@ def detect(cgroup_root: Path = CGROUP_ROOT, *, probe_sandbox: bool = True) -> Ho
         cap_sys_admin=_cap_sys_admin(),
         bwrap=bwrap,
         bwrap_error=why,
+        slirp=probe_slirp() if probe_sandbox else NO_SLIRP,
     )
 
 
@@ -123,6 +126,11 @@ def host_capabilities(cgroup_root: Path = CGROUP_ROOT) -> list[dict[str, Any]]:
         else ("via bwrap user namespace" if f.bwrap else "needs CAP_SYS_ADMIN or bwrap"))
     add("sandbox.bwrap", f.bwrap is not None,
         f"{f.bwrap}: user, pid, mount, net namespaces" if f.bwrap else f.bwrap_error)
+    s = f.slirp
+    add("network.outbound", s.path is not None,
+        f"slirp4netns {s.version} ({', '.join(s.flags)}): apps with networkAllowed get "
+        "outbound only, this node's addresses blocked" if s.path is not None
+        else f"{s.error}: apps with networkAllowed get no network (strict: refused)")
     add("rlimit.as", True, "RLIMIT_AS (native only; never for wasm)")
     add("rlimit.cpu", True, "RLIMIT_CPU")
     add("rlimit.fsize", True, "RLIMIT_FSIZE (per-file cap for diskQuotaMb)")

@@ -20,6 +20,9 @@ class LaunchPlan:
     cwd: Path
     applied: list[str] = field(default_factory=list)
     not_applied: list[str] = field(default_factory=list)
+    # Open in the supervisor, for the child (``Popen(pass_fds=...)``): the outbound
+    # network's info and block pipes. A launch without them fails closed.
+    pass_fds: tuple[int, ...] = ()
 
 
 class Outcome:

@@ -2,10 +2,10 @@
 
 The launcher (cgroup join, rlimits) runs outside and then execs ``bwrap``, so the
 whole sandbox, bwrap's own init included, is inside the app's cgroups. Inside:
-new user (uid/gid 65534, no capabilities), PID, mount, IPC, UTS, cgroup and (unless
-``networkAllowed``) network namespaces; a new session; death with the parent; only
-system folders read-only, the app folder read-only at its own path, and the VFS
-zones at their virtual paths, by permission.
+new user (uid/gid 65534, no capabilities), PID, mount, IPC, UTS, cgroup and network
+namespaces (``networkAllowed`` adds slirp4netns, see network.py); a new session;
+death with the parent; only system folders read-only, the app folder read-only at
+its own path, and the VFS zones at their virtual paths, by permission.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def zone_mounts(policy: SandboxPolicy, ctx: HostContext) -> list[tuple[str, Path
 
 def bwrap_argv(bwrap: str, policy: SandboxPolicy, ctx: HostContext) -> list[str]:
     """The wrapper argv, ending with ``--`` (the app argv follows)."""
+    # No --share-net here: an app with network gets a namespace of its own from the
+    # launcher (network.py), which app.py then has bwrap share.
     argv = [bwrap, "--unshare-all"]
-    if policy.network_allowed:
-        argv.append("--share-net")
     argv += ["--die-with-parent", "--new-session", "--uid", str(SANDBOX_UID),
              "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
     for name in SYSTEM_DIRS:

@@ -10,8 +10,15 @@
  *   estarter-launch [--setsid] [--pdeathsig N] [--parent PID]
  *                   [--guard] [--guard-proc PATH]... [--guard-token TOKEN]
  *                   [--cgroup PATH]... [--rlimit NAME=SOFT:HARD]...
- *                   [--unshare-net] [--no-new-privs] [--user UID:GID]
+ *                   [--unshare-net] [--info-fd FD --block-fd FD]
+ *                   [--no-new-privs] [--user UID:GID]
  *                   -- ARGV...
+ *
+ * --info-fd/--block-fd (as bwrap's): once in its own network namespace, write
+ * {"child-pid": PID, "net-namespace": INODE} to the info fd, then wait until a byte
+ * (or EOF) arrives on the block fd before going on; the supervisor sets up the
+ * namespace's network in between (EOF instead of the byte: exit 122). Both fds are
+ * closed before the exec.
  *
  * Exit codes: 121 usage error, 122 set-up failed, 127 exec failed.
  */
@@ -30,6 +37,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -54,7 +62,9 @@ static struct {
     struct rl rlimits[MAX_ITEMS]; int n_rlimits;
     int fsize_limited;
     long uid, gid;
-} opt = { .pdeathsig = SIGKILL, .parent = -1, .uid = -1, .gid = -1 };
+    int info_fd, block_fd;
+} opt = { .pdeathsig = SIGKILL, .parent = -1, .uid = -1, .gid = -1,
+          .info_fd = -1, .block_fd = -1 };
 
 static void fail(int code, const char *fmt, ...) {
     char buf[512];
@@ -126,6 +136,8 @@ static int parse(int argc, char **argv) {
         else if (!strcmp(a, "--pdeathsig")) { opt.pdeathsig = (int)parse_long(v, a); i++; }
         else if (!strcmp(a, "--parent")) { opt.parent = parse_long(v, a); i++; }
         else if (!strcmp(a, "--guard-token")) { opt.guard_token = v; i++; }
+        else if (!strcmp(a, "--info-fd")) { opt.info_fd = (int)parse_long(v, a); i++; }
+        else if (!strcmp(a, "--block-fd")) { opt.block_fd = (int)parse_long(v, a); i++; }
         else if (!strcmp(a, "--rlimit")) { add_rlimit(v); i++; }
         else if (!strcmp(a, "--guard-proc") || !strcmp(a, "--cgroup")) {
             int g = a[2] == 'g' && a[3] == 'u';
@@ -288,6 +300,22 @@ int main(int argc, char **argv) {
     if (opt.fsize_limited) signal(SIGXFSZ, SIG_IGN);
     if (opt.unshare_net && unshare(CLONE_NEWNET) != 0)
         fail(122, "unshare(CLONE_NEWNET): %s", strerror(errno));
+    if (opt.info_fd >= 0) {
+        struct stat ns;
+        if (stat("/proc/self/ns/net", &ns) != 0) fail(122, "stat netns: %s", strerror(errno));
+        char info[96];
+        int n = snprintf(info, sizeof info, "{\"child-pid\": %d, \"net-namespace\": %lu}\n",
+                         (int)getpid(), (unsigned long)ns.st_ino);
+        if (write(opt.info_fd, info, (size_t)n) != n) fail(122, "--info-fd: %s", strerror(errno));
+        close(opt.info_fd);
+    }
+    if (opt.block_fd >= 0) {
+        char b;
+        ssize_t r;
+        while ((r = read(opt.block_fd, &b, 1)) < 0 && errno == EINTR) { }
+        if (r != 1) fail(122, "the supervisor did not release the launch");
+        close(opt.block_fd);
+    }
     if (opt.no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         fail(122, "prctl(NO_NEW_PRIVS): %s", strerror(errno));
     if (opt.uid >= 0) {
