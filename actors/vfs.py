@@ -68,6 +68,11 @@ class VfsShell:
     def set_quota(self, app_id: str, quota_bytes: int) -> None:
         self.service.set_quota(app_id, quota_bytes)
 
+    def flush_audit(self) -> None:
+        """Ship this actor's buffered check decisions to the permissions actor and
+        wait until it has them (the kernel's ``audit`` asks first)."""
+        self.permissions.flush_sync()
+
     def ping(self) -> bool:
         return True
 
@@ -93,6 +98,9 @@ class RayVfsPort:
 
     def set_quota(self, app_id: str, quota_bytes: int) -> None:
         ray_api.call_retrying(self.actor.set_quota, (app_id, quota_bytes), self.retry_for)
+
+    def flush_audit(self) -> None:
+        ray_api.call_retrying(self.actor.flush_audit, (), self.retry_for)
 
 
 def get_or_create_vfs(home: Path, options: dict[str, Any] | None = None) -> Any:

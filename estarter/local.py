@@ -8,8 +8,10 @@ an app's reader thread.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .kernel.core import Kernel
 from .kernel.methods import BLOCKING_METHODS
@@ -17,6 +19,9 @@ from .kernel.permissions import PermissionManager
 from .paths import state_db
 from .policy import SandboxPolicy
 from .supervision import RestartRules, Supervisor
+
+if TYPE_CHECKING:
+    from .functions import FunctionFuture
 
 
 class LocalKernelPort:
@@ -79,3 +84,49 @@ def local_kernel(home: Path, strict: bool = False,
                     node="local", strict=strict)
     spawner.port = LocalKernelPort(kernel)
     return kernel, spawner
+
+
+class LocalClient:
+    """Local mode of ``Runtime`` (``estarter.client.KernelClient``): the kernel, the
+    permission manager and the VFS service in this process, supervisors on threads."""
+
+    local = True
+
+    def __init__(self, home: Path, strict: bool = False,
+                 rules: RestartRules | None = None) -> None:
+        self.home = home
+        self._kernel, self._spawner = local_kernel(home, strict=strict, rules=rules)
+        self._closed = False
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel
+
+    def actors(self) -> list[dict[str, Any]]:
+        pid = os.getpid()
+        out: list[dict[str, Any]] = [
+            {"name": role, "role": role, "node": "local", "pid": pid, "alive": True}
+            for role in ("kernel", "permissions", "vfs")]
+        out += [{"name": f"supervisor-{r['appId']}", "role": "supervisor", "node": "local",
+                 "pid": pid, "appId": r["appId"], "alive": True}
+                for r in self._kernel.list_apps() if r.get("state") in ("starting", "running")]
+        return out
+
+    def permission_authority(self) -> PermissionManager:
+        return self._kernel.permissions
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               limits: dict[str, Any] | None) -> FunctionFuture:
+        from .functions import submit_local
+
+        return submit_local(fn, args, kwargs, limits)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._kernel.shutdown(2.0)
+        finally:
+            self._spawner.close()
+            self._kernel.permissions.close()

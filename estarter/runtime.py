@@ -1,8 +1,9 @@
 """Runtime: the Python entry point. Local mode wires the core classes directly; Ray
 mode (an embedded local Ray or a cluster) goes through the actors in ``actors/``.
 
-Both modes expose the kernel as one object with the same methods, so everything
-above this module is written once.
+Both modes are a ``KernelClient`` (estarter.client), so everything above this
+module is written once; ``start`` and ``connect`` are the only places that name
+``actors`` (a composition point of the layer rule in docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ApiTimeout, EstarterError, NotFound, RuntimeClosed
+from .client import KernelApi, KernelClient
+from .errors import NotFound, RuntimeClosed
 from .hosting.base import ExitInfo, ExitReason
 from .paths import default_home, log_file
 from .supervision import RestartRules
@@ -59,11 +61,11 @@ class Runtime:
     runtime ``estarter up`` started); ``shutdown`` (or the context manager) stops
     what it started and only that."""
 
-    def __init__(self, kernel: Any, home: Path, local: bool, owned: Any = None) -> None:
-        self.kernel = kernel
+    def __init__(self, client: KernelClient, home: Path) -> None:
+        self.client = client
+        self.kernel: KernelApi = client.kernel
         self.home = home
-        self.local = local
-        self._owned = owned  # what shutdown() must tear down
+        self.local = client.local
         self._closed = False
 
     @classmethod
@@ -77,46 +79,21 @@ class Runtime:
         """
         root = _home(home)
         if local:
-            from .local import local_kernel
+            from .local import LocalClient
 
-            kernel, spawner = local_kernel(root, strict=strict, rules=rules)
-            return cls(kernel, root, True, owned=spawner)
-        from actors import get_or_create_kernel, ray_api
-        from actors.options import BLOCKING
+            return cls(LocalClient(root, strict=strict, rules=rules), root)
+        from actors.client import RayClient
 
-        started_ray = not ray_api.is_initialized()
-        ray_api.init(address or os.environ.get("ESTARTER_RAY_ADDRESS"))
-        handle, created = get_or_create_kernel(root, strict=strict,
-                                               rules=rules or RestartRules.from_env())
-        return cls(ray_api.SyncProxy(handle, group=BLOCKING), root, False,
-                   owned=(handle, created, started_ray))
+        return cls(RayClient.start(root, address, strict, rules), root)
 
     @classmethod
     def connect(cls, home: str | os.PathLike[str] | None = None) -> Runtime:
         """Join the persistent runtime that is up for ``home``; NotFound if none is.
         ``shutdown`` then only disconnects: the runtime and its apps go on."""
-        from actors import KERNEL_NAME, ray_api
-        from actors.options import BLOCKING
-
-        from .daemon import connect_info, use_auth
+        from actors.client import RayClient
 
         root = _home(home)
-        info = connect_info(root)
-        started_ray = not ray_api.is_initialized()
-        use_auth(info)
-        ray_api.init(info.address)
-        try:
-            handle = ray_api.get_actor(KERNEL_NAME)
-            desc = ray_api.get(handle.describe.remote(), timeout=30)
-        except EstarterError:
-            if started_ray:
-                ray_api.shutdown()
-            raise NotFound(f"the runtime of {root} has no kernel (run estarter up again)"
-                           ) from None
-        if desc["home"] != str(root):
-            raise NotFound(f"the runtime at {info.address} serves {desc['home']}, not {root}")
-        return cls(ray_api.SyncProxy(handle, group=BLOCKING), root, False,
-                   owned=(handle, False, started_ray))
+        return cls(RayClient.connect(root), root)
 
     @staticmethod
     def up(home: str | os.PathLike[str] | None = None, address: str | None = None,
@@ -222,13 +199,7 @@ class Runtime:
         (manifest keys: memoryLimitMb, cpuQuota, maxRuntimeSeconds, maxProcesses,
         networkAllowed), on some node of the cluster (in local mode: here)."""
         self._check()
-        if self.local:
-            from .functions import submit_local
-
-            return submit_local(fn, args, kwargs, limits)
-        from actors.functions import submit
-
-        return submit(fn, args, kwargs, limits)
+        return self.client.submit(fn, args, kwargs, limits)
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any],
             limits: dict[str, Any] | None = None) -> Iterator[Any]:
@@ -242,29 +213,14 @@ class Runtime:
         permissions actor; in local mode the kernel's PermissionManager), with
         PermissionManager's methods."""
         self._check()
-        if self.local:
-            return self.kernel.permissions
-        from actors.permissions import authority
-
-        return authority()
+        return self.client.permission_authority()
 
     def actors(self) -> builtins.list[dict[str, Any]]:
         """The runtime's actors: kernel, permissions, VFS and one supervisor per app,
         each with its role, node and pid (in local mode: the same classes, all in
         this process)."""
         self._check()
-        if self.local:
-            pid = os.getpid()
-            out = [{"name": role, "role": role, "node": "local", "pid": pid, "alive": True}
-                   for role in ("kernel", "permissions", "vfs")]
-            out += [{"name": f"supervisor-{r['appId']}", "role": "supervisor",
-                     "node": "local", "pid": pid, "appId": r["appId"], "alive": True}
-                    for r in self.kernel.list_apps() if r.get("state") in ("starting",
-                                                                           "running")]
-            return out
-        from actors.kernel import describe_runtime
-
-        return describe_runtime(self.home)
+        return self.client.actors()
 
     def notifications(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self.kernel.notifications(limit))
@@ -277,31 +233,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
-        owned = self._owned
-        if self.local:
-            try:
-                self.kernel.shutdown(2.0)
-            finally:
-                owned.close()
-                self.kernel.permissions.close()
-            return
-        from actors import ray_api
-
-        handle, created, started_ray = owned
-        try:
-            if created:
-                # Supervisors are detached: release() kills them, or they would
-                # outlive the kernel (and this process).
-                self.kernel.release(2.0)
-        except (EstarterError, ApiTimeout):
-            pass
-        finally:
-            if created:
-                from actors.kernel import kill_runtime
-
-                kill_runtime(handle)  # and the VFS and permissions actors
-            if started_ray:
-                ray_api.shutdown()
+        self.client.close()
 
     def __enter__(self) -> Runtime:
         return self

@@ -74,6 +74,8 @@ class VfsPort(Protocol):
 
     def set_quota(self, app_id: str, quota_bytes: int) -> None: ...
 
+    def flush_audit(self) -> None: ...
+
 
 class AppResolver(Protocol):
     def resolve(self, ref: str) -> tuple[AppManifest, Path]: ...
@@ -399,6 +401,7 @@ class Kernel:
         return sorted(self.permissions.revoke(app_id, perms))
 
     def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        self.vfs.flush_audit()  # fs.* decisions are made (and buffered) in the VFS
         return self.permissions.audit(app_id, limit)
 
     def shutdown(self, grace: float = 2.0, keep_wanted: bool = False) -> None:

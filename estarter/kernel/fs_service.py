@@ -30,6 +30,8 @@ DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
 class Checker(Protocol):
     def check(self, app_id: str, permission: str, method: str = "") -> bool: ...
 
+    def flush(self) -> None: ...
+
 
 class VfsService:
     """``handle(app_id, method, params)`` for the ``fs.*`` methods of the table."""
@@ -57,6 +59,10 @@ class VfsService:
     def call(self, payload: bytes) -> bytes:
         """``handle`` for one call encoded by ``kernel_wire.encode_call``. Never raises."""
         return serve_call(self.handle, payload)
+
+    def flush_audit(self) -> None:
+        """Hand the decisions buffered here to the audit log now."""
+        self.permissions.flush()
 
     def set_quota(self, app_id: str, quota_bytes: int) -> None:
         """The app's diskQuotaMb in bytes (the kernel sets it at each launch)."""

@@ -70,10 +70,7 @@ class PermissionClient(PermissionManager):
         return dict(self.authority.grants(app_id))
 
     def audit(self, app_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        with self._lock:
-            rows, allowed = self._take_audit()
-        if rows or allowed:  # synchronously: the answer includes them
-            self.authority.append_audit(rows, allowed)
+        self.flush_sync()  # the answer includes this checker's decisions
         return list(self.authority.audit(app_id, limit))
 
     def open_request(self, app_id: str, permission: str, reason: str) -> int:
@@ -94,6 +91,13 @@ class PermissionClient(PermissionManager):
     def deny(self, app_id: str, perms: Iterable[str] | None = None,
              by: str = "operator") -> int:
         return int(self.authority.deny(app_id, None if perms is None else list(perms), by))
+
+    def flush_sync(self) -> None:
+        """Ship the buffered audit and wait until the authority has it."""
+        with self._lock:
+            rows, allowed = self._take_audit()
+        if rows or allowed:
+            self.authority.append_audit(rows, allowed)
 
     def _take_audit(self) -> tuple[list[AuditRow], list[AllowedRow]]:
         self._unflushed = 0

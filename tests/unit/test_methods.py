@@ -170,6 +170,9 @@ def test_kernel_forwards_fs_calls_to_its_vfs(kernel: Kernel) -> None:
         def set_quota(self, app_id: str, quota_bytes: int) -> None:
             pass
 
+        def flush_audit(self) -> None:
+            pass
+
     kernel.vfs = FakeVfs()
     assert kernel.handle(APP, "fs.exists", {"path": "/appdata/x"}) == {"exists": True}
     assert seen == [(APP, "fs.exists")]
