@@ -57,12 +57,13 @@ def _launch(root: Path, policy: SandboxPolicy | None, argv: list[str]) -> float:
     if policy is None:
         spec: dict[str, Any] = {"setsid": True, "pdeathsig": 0}
         wrapper: list[str] = []
+        fds: tuple[int, ...] = ()
         lim = None
     else:
         lim = limits.prepare(policy, _ctx(root, policy.app_id))
         plan = lim.plan(argv, {"PATH": "/usr/bin:/bin"}, root)
-        spec, wrapper, argv = plan.spec, plan.wrapper, plan.argv
-    proc = subprocess.Popen(launcher_command(spec, [*wrapper, *argv]), cwd=root)
+        spec, wrapper, argv, fds = plan.spec, plan.wrapper, plan.argv, plan.pass_fds
+    proc = subprocess.Popen(launcher_command(spec, [*wrapper, *argv]), cwd=root, pass_fds=fds)
     if lim is not None:
         lim.started(proc.pid)
     try:
@@ -108,7 +109,7 @@ def _bomb(root: Path, limit_mb: int) -> float:
     lim = limits.prepare(policy, _ctx(root, policy.app_id))
     plan = lim.plan([sys.executable, "-E", "-s", "-B", str(policy.entry)], {}, root)
     proc = subprocess.Popen(launcher_command(plan.spec, [*plan.wrapper, *plan.argv]),
-                            cwd=root, stderr=subprocess.PIPE)
+                            cwd=root, stderr=subprocess.PIPE, pass_fds=plan.pass_fds)
     lim.started(proc.pid)
     try:
         assert proc.stderr is not None

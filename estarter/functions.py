@@ -37,11 +37,11 @@ from .errors import ApiTimeout, EstarterError, InvalidParams, QuotaExceeded
 from .hosting import limits
 from .hosting.base import ExitReason, HostContext
 from .hosting.spawn import launcher_command
-from .manifest import RestartPolicy, RuntimeKind, parse_manifest
+from .manifest import DEFAULT_MAX_OPEN_FILES, RestartPolicy, RuntimeKind, parse_manifest
 from .policy import SandboxPolicy
 
 LIMIT_KEYS = ("memoryLimitMb", "cpuQuota", "maxRuntimeSeconds", "maxProcesses",
-              "networkAllowed")
+              "networkAllowed", "maxOpenFiles")
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 STDERR_TAIL_BYTES = 16 * 1024
 
@@ -118,6 +118,7 @@ def function_policy(raw: Mapping[str, Any] | None, folder: Path) -> SandboxPolic
         granted=frozenset(),
         memory_limit_bytes=int(given.get("memoryLimitMb", 0)) * 1024 * 1024,
         max_processes=int(given.get("maxProcesses", 0)),
+        max_open_files=int(given.get("maxOpenFiles", DEFAULT_MAX_OPEN_FILES)),
         cpu_quota_percent=int(given.get("cpuQuota", 0)),
         network_allowed=bool(given.get("networkAllowed", False)),
         max_runtime_seconds=float(given.get("maxRuntimeSeconds", 0)),

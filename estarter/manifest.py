@@ -27,6 +27,7 @@ from .errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024
+DEFAULT_MAX_OPEN_FILES = 1024
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 
 
@@ -76,6 +77,8 @@ class AppManifest(BaseModel):
     network_allowed: bool = False
     max_runtime_seconds: float = Field(default=0, ge=0, le=365 * 24 * 3600)
     disk_quota_mb: int = Field(default=100, ge=0, le=1024 * 1024)
+    # RLIMIT_NOFILE of a native app (soft = hard); 1024 is the usual soft default.
+    max_open_files: int = Field(default=DEFAULT_MAX_OPEN_FILES, ge=16, le=1024 * 1024)
     restart: RestartPolicy = RestartPolicy.NEVER
     sandboxed: bool = True
     # Display-only keys of the original program, accepted and kept.

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .manifest import AppManifest, RestartPolicy, RuntimeKind, resolve_entry
+from .manifest import (
+    DEFAULT_MAX_OPEN_FILES,
+    AppManifest,
+    RestartPolicy,
+    RuntimeKind,
+    resolve_entry,
+)
 
 MIB = 1024 * 1024
 
@@ -32,6 +38,7 @@ class SandboxPolicy:
     restart: RestartPolicy
     sandboxed: bool
     strict: bool = False  # refuse to launch when a limit cannot be applied
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES  # RLIMIT_NOFILE of a native app
     version: str = "0.1.0"
     extra_env: tuple[tuple[str, str], ...] = field(default=())
 
@@ -59,6 +66,7 @@ class SandboxPolicy:
             network_allowed=manifest.network_allowed,
             max_runtime_seconds=float(manifest.max_runtime_seconds),
             disk_quota_bytes=manifest.disk_quota_mb * MIB,
+            max_open_files=manifest.max_open_files,
             restart=manifest.restart,
             sandboxed=manifest.sandboxed,
             strict=strict,

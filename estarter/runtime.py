@@ -197,7 +197,7 @@ class Runtime:
                limits: dict[str, Any] | None = None, **kwargs: Any) -> FunctionFuture:
         """Run ``fn(*args, **kwargs)`` in a sandboxed child under ``limits``
         (manifest keys: memoryLimitMb, cpuQuota, maxRuntimeSeconds, maxProcesses,
-        networkAllowed), on some node of the cluster (in local mode: here)."""
+        networkAllowed, maxOpenFiles), on some node of the cluster (in local mode: here)."""
         self._check()
         return self.client.submit(fn, args, kwargs, limits)
 

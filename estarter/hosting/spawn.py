@@ -54,6 +54,8 @@ def spec_flags(spec: dict[str, Any]) -> list[str]:
     if spec.get("user"):
         uid, gid = spec["user"]
         flags += ["--user", f"{int(uid)}:{int(gid)}"]
+    if spec.get("seccomp_fd") is not None:
+        flags += ["--seccomp", str(int(spec["seccomp_fd"]))]
     return flags
 
 

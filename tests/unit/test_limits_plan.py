@@ -50,7 +50,16 @@ def test_cgroup_handled_keys_get_no_rlimit(tmp_path: Path) -> None:
     out = Outcome("demo", strict=False)
     rl = plan_rlimits(make_policy(tmp_path), {"memoryLimitMb", "maxProcesses", "cpuQuota"},
                       True, out)
-    assert set(rl) == {"RLIMIT_FSIZE"}
+    assert set(rl) == {"RLIMIT_FSIZE", "RLIMIT_NOFILE"}  # per file, per process: no cgroup
+
+
+def test_open_files_limit_for_native_apps_only(tmp_path: Path) -> None:
+    out = Outcome("demo", strict=False)
+    rl = plan_rlimits(make_policy(tmp_path, max_open_files=256), set(), True, out)
+    assert rl["RLIMIT_NOFILE"] == [256, 256]  # soft = hard: the app cannot raise it
+    assert "maxOpenFiles: RLIMIT_NOFILE=256" in out.applied
+    wasm = plan_rlimits(make_policy(tmp_path, runtime=RuntimeKind.WASM), set(), True, out)
+    assert "RLIMIT_NOFILE" not in wasm
 
 
 def test_strict_refuses_naming_the_limit(tmp_path: Path) -> None:

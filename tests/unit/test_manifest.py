@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert m.requested_permissions == perms.BASIC
     assert (m.memory_limit_mb, m.max_processes, m.cpu_quota) == (0, 0, 0)
     assert m.network_allowed is False and m.max_runtime_seconds == 0
-    assert m.disk_quota_mb == 100
+    assert m.disk_quota_mb == 100 and m.max_open_files == 1024
     assert m.restart is RestartPolicy.NEVER and m.sandboxed is True
 
 
@@ -43,7 +43,8 @@ def test_every_key_round_trips_in_camel_case() -> None:
         "publisher": "p", "category": "tools", "runtime": "python", "args": ["-v"],
         "permissions": ["fs.read", "fs.write", "admin"], "memoryLimitMb": 64,
         "maxProcesses": 8, "cpuQuota": 50, "networkAllowed": True,
-        "maxRuntimeSeconds": 1.5, "diskQuotaMb": 10, "restart": "on-failure",
+        "maxRuntimeSeconds": 1.5, "diskQuotaMb": 10, "maxOpenFiles": 4096,
+        "restart": "on-failure",
         "sandboxed": False, "tileSize": "wide", "background": "#fff",
         "minApiVersion": "1.0", "exePath": "app.exe",
     }
@@ -82,6 +83,9 @@ def test_arguments_alias_and_original_permission_names() -> None:
         ({"networkAllowed": "yes"}, "networkAllowed"),
         ({"maxRuntimeSeconds": -1}, "maxRuntimeSeconds"),
         ({"diskQuotaMb": -1}, "diskQuotaMb"),
+        ({"maxOpenFiles": 15}, "maxOpenFiles"),
+        ({"maxOpenFiles": 1024 * 1024 + 1}, "maxOpenFiles"),
+        ({"maxOpenFiles": "64"}, "maxOpenFiles"),
         ({"restart": "sometimes"}, "restart"),
         ({"sandboxed": "no"}, "sandboxed"),
         ({"colour": "blue"}, "colour"),

@@ -33,6 +33,7 @@ from .rlimits import (
     tree,
 )
 from .sandbox import bwrap_argv
+from .seccomp import SeccompFilter, program_pipe
 
 TOKEN_ENV = "ESTARTER_LIMITS_TOKEN"
 
@@ -55,6 +56,9 @@ class AppLimits:
         self.rlimits: dict[str, list[int]] = {}
         self.sandboxed = False
         self.network = "host"
+        self.seccomp: SeccompFilter | None = None  # the filter this launch runs under
+        self.seccomp_by = ""  # who installs it: bwrap or the launcher
+        self._seccomp_fd: int | None = None  # our end of the pipe with the program
         self.net: network.SlirpNetwork | None = None  # the outbound network's slirp4netns
         self._not_applied: list[str] = []
         self.sampler: TreeSampler | None = None
@@ -115,6 +119,7 @@ class AppLimits:
                 out.ok(f"networkAllowed=false: {self.network}")
         else:
             wrapper = self._plan_outbound(spec, wrapper, out)
+        wrapper = self._plan_seccomp(spec, wrapper, out)
         if not self.sandboxed or self.cgroups is not None:
             # If the supervisor dies, nobody else would kill a daemon that escaped
             # PDEATHSIG (bwrap's PID namespace does that when sandboxed) or remove
@@ -126,8 +131,39 @@ class AppLimits:
             spec["user"] = list(self.run_as)
         env = {**env, TOKEN_ENV: self.token}
         self._not_applied = out.not_applied
+        pass_fds: tuple[int, ...] = self.net.child_fds if self.net else ()
+        if self._seccomp_fd is not None:
+            pass_fds = (*pass_fds, self._seccomp_fd)
         return LaunchPlan(spec, wrapper, list(argv), env, cwd, out.applied, out.not_applied,
-                          pass_fds=self.net.child_fds if self.net else ())
+                          pass_fds=pass_fds)
+
+    def _plan_seccomp(self, spec: dict[str, Any], wrapper: list[str],
+                      out: Outcome) -> list[str]:
+        """The system call filter (``seccomp.py``), last before the app's exec: bwrap's
+        ``--seccomp FD`` when sandboxed (after its own mounts), else the launcher's. The
+        program travels on a pipe the child inherits. The wrapper back."""
+        flt = self.facts.seccomp
+        if not flt.ok:
+            out.missing(f"seccomp filter ({flt.error})")
+            return wrapper
+        self._seccomp_fd = program_pipe(flt.program)
+        self.seccomp = flt
+        if self.sandboxed:
+            self.seccomp_by = "bwrap"
+            wrapper = [*wrapper[:-1], "--seccomp", str(self._seccomp_fd), "--"]
+        else:
+            self.seccomp_by = "launcher"
+            spec["seccomp_fd"] = self._seccomp_fd
+        out.ok(f"seccomp ({self.seccomp_by}): {flt.summary()}")
+        return wrapper
+
+    def _close_seccomp_fd(self) -> None:
+        """Our end of the program pipe: the child holds its own once spawned. Idempotent."""
+        with self._lock:
+            fd, self._seccomp_fd = self._seccomp_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _plan_outbound(self, spec: dict[str, Any], wrapper: list[str],
                        out: Outcome) -> list[str]:
@@ -168,6 +204,7 @@ class AppLimits:
         first (the child waits for it); if that fails, the app runs with no network at
         all (reported), or in strict mode is killed and SandboxUnavailable raised."""
         self.pid = pid
+        self._close_seccomp_fd()
         if self.net is not None:
             self._attach_network(self.net)
         if self.cgroups is None and ({"RLIMIT_AS", "RLIMIT_CPU"} & self.rlimits.keys()):
@@ -241,6 +278,8 @@ class AppLimits:
             "network": self.network,
             "networkSetupMs": (round(self.net.setup_seconds * 1000, 1)
                                if self.net and self.net.setup_seconds is not None else None),
+            "seccomp": ({"by": self.seccomp_by, **self.seccomp.to_dict()}
+                        if self.seccomp is not None else None),
             "runAs": list(self.run_as) if self.run_as else None,
             "sampled": self.sampler.snapshot() if self.sampler else None,
         }
@@ -251,6 +290,7 @@ class AppLimits:
             if self._cleaned:
                 return
             self._cleaned = True
+        self._close_seccomp_fd()
         if self.sampler is not None:
             self.sampler.stop()
         if self.net is not None:

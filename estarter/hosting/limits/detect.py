@@ -18,6 +18,7 @@ from .cgroup_v1 import mounted_controllers
 from .cgroup_v2 import WANTED as V2_WANTED
 from .cgroup_v2 import available_controllers
 from .network import NO_SLIRP, SlirpFacts, probe_slirp
+from .seccomp import NO_SECCOMP, SeccompFilter, compiled
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAP_SYS_ADMIN = 21
@@ -34,6 +35,7 @@ class HostFacts:
     bwrap: str | None = None
     bwrap_error: str = ""
     slirp: SlirpFacts = NO_SLIRP  # the outbound network of apps with networkAllowed
+    seccomp: SeccompFilter = NO_SECCOMP  # the system call filter of native apps
 
     @property
     def backend(self) -> str:
@@ -98,6 +100,7 @@ def detect(cgroup_root: Path = CGROUP_ROOT, *, probe_sandbox: bool = True) -> Ho
         bwrap=bwrap,
         bwrap_error=why,
         slirp=probe_slirp() if probe_sandbox else NO_SLIRP,
+        seccomp=compiled() if probe_sandbox else NO_SECCOMP,
     )
 
 
@@ -131,9 +134,13 @@ def host_capabilities(cgroup_root: Path = CGROUP_ROOT) -> list[dict[str, Any]]:
         f"slirp4netns {s.version} ({', '.join(s.flags)}): apps with networkAllowed get "
         "outbound only, this node's addresses blocked" if s.path is not None
         else f"{s.error}: apps with networkAllowed get no network (strict: refused)")
+    add("seccomp", f.seccomp.ok, f.seccomp.summary() if f.seccomp.ok
+        else f"{f.seccomp.error}: native apps run without a system call filter "
+             "(strict: refused)")
     add("rlimit.as", True, "RLIMIT_AS (native only; never for wasm)")
     add("rlimit.cpu", True, "RLIMIT_CPU")
     add("rlimit.fsize", True, "RLIMIT_FSIZE (per-file cap for diskQuotaMb)")
+    add("rlimit.nofile", True, "RLIMIT_NOFILE = maxOpenFiles (native only)")
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)
     add("rlimit.nproc", not f.is_root,
         "no effect for root" if f.is_root else f"RLIMIT_NPROC (current {nproc[0]})")

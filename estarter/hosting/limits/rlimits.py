@@ -14,6 +14,7 @@ runs (``VmPeak``, utime+stime from /proc) and the exit is explained from those.
 from __future__ import annotations
 
 import math
+import resource
 import signal
 import threading
 from typing import Any
@@ -27,6 +28,7 @@ from .plan import Outcome
 SAMPLE_SECONDS = 0.02
 MEMORY_PEAK_FRACTION = 0.5  # VmPeak seen at >= half the limit, then a failed exit
 CPU_FRACTION = 0.9
+CAP_SYS_RESOURCE = 24
 
 
 def plan_rlimits(policy: SandboxPolicy, handled: set[str], app_is_root: bool,
@@ -59,7 +61,32 @@ def plan_rlimits(policy: SandboxPolicy, handled: set[str], app_is_root: bool,
         rl["RLIMIT_FSIZE"] = [n, n]
         out.ok(f"diskQuotaMb: RLIMIT_FSIZE={n} per file written directly; "
                "total held by the VFS quota")
+    if policy.runtime is not RuntimeKind.WASM:
+        rl["RLIMIT_NOFILE"] = _nofile(policy.max_open_files, out)
     return rl
+
+
+def _nofile(wanted: int, out: Outcome) -> list[int]:
+    """RLIMIT_NOFILE = maxOpenFiles (soft = hard, so the app cannot raise it). Above
+    our own hard limit only CAP_SYS_RESOURCE may go: without it, our hard limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and wanted > hard and not _cap_sys_resource():
+        out.missing(f"maxOpenFiles={wanted} (above this supervisor's hard limit "
+                    f"without CAP_SYS_RESOURCE): RLIMIT_NOFILE={hard}")
+        return [hard, hard]
+    out.ok(f"maxOpenFiles: RLIMIT_NOFILE={wanted}")
+    return [wanted, wanted]
+
+
+def _cap_sys_resource() -> bool:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def tree(pid: int) -> list[psutil.Process]:

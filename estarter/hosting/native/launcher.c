@@ -11,7 +11,7 @@
  *                   [--guard] [--guard-proc PATH]... [--guard-token TOKEN]
  *                   [--cgroup PATH]... [--rlimit NAME=SOFT:HARD]...
  *                   [--unshare-net] [--info-fd FD --block-fd FD]
- *                   [--no-new-privs] [--user UID:GID]
+ *                   [--no-new-privs] [--user UID:GID] [--seccomp FD]
  *                   -- ARGV...
  *
  * --info-fd/--block-fd (as bwrap's): once in its own network namespace, write
@@ -19,6 +19,10 @@
  * (or EOF) arrives on the block fd before going on; the supervisor sets up the
  * namespace's network in between (EOF instead of the byte: exit 122). Both fds are
  * closed before the exec.
+ *
+ * --seccomp FD: read a seccomp BPF program (struct sock_filter[], as libseccomp
+ * exports it) from FD to its end and install it, the last step before the exec
+ * (it needs --no-new-privs once the user is dropped).
  *
  * Exit codes: 121 usage error, 122 set-up failed, 127 exec failed.
  */
@@ -35,6 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -63,8 +69,9 @@ static struct {
     int fsize_limited;
     long uid, gid;
     int info_fd, block_fd;
+    int seccomp_fd;
 } opt = { .pdeathsig = SIGKILL, .parent = -1, .uid = -1, .gid = -1,
-          .info_fd = -1, .block_fd = -1 };
+          .info_fd = -1, .block_fd = -1, .seccomp_fd = -1 };
 
 static void fail(int code, const char *fmt, ...) {
     char buf[512];
@@ -137,6 +144,7 @@ static int parse(int argc, char **argv) {
         else if (!strcmp(a, "--parent")) { opt.parent = parse_long(v, a); i++; }
         else if (!strcmp(a, "--guard-token")) { opt.guard_token = v; i++; }
         else if (!strcmp(a, "--info-fd")) { opt.info_fd = (int)parse_long(v, a); i++; }
+        else if (!strcmp(a, "--seccomp")) { opt.seccomp_fd = (int)parse_long(v, a); i++; }
         else if (!strcmp(a, "--block-fd")) { opt.block_fd = (int)parse_long(v, a); i++; }
         else if (!strcmp(a, "--rlimit")) { add_rlimit(v); i++; }
         else if (!strcmp(a, "--guard-proc") || !strcmp(a, "--cgroup")) {
@@ -273,6 +281,24 @@ static void guard(pid_t supervisor) {
     _exit(0);
 }
 
+/* Reads the program from fd to its end, closes fd, installs the filter. */
+static void install_seccomp(int fd) {
+    static struct sock_filter prog[BPF_MAXINSNS + 1];
+    size_t have = 0;
+    for (;;) {
+        ssize_t r = read(fd, (char *)prog + have, sizeof prog - have);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) fail(122, "--seccomp %d: %s", fd, strerror(errno));
+        if (r == 0 || (have += (size_t)r) == sizeof prog) break;
+    }
+    close(fd);
+    if (have == 0 || have % sizeof prog[0] || have > BPF_MAXINSNS * sizeof prog[0])
+        fail(122, "--seccomp %d: not a BPF program (%zu bytes)", fd, have);
+    struct sock_fprog fprog = { (unsigned short)(have / sizeof prog[0]), prog };
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0) != 0)
+        fail(122, "prctl(PR_SET_SECCOMP): %s", strerror(errno));
+}
+
 int main(int argc, char **argv) {
     int first = parse(argc, argv);
     if (first >= argc) fail(121, "nothing to run");
@@ -322,6 +348,7 @@ int main(int argc, char **argv) {
         if (setgroups(0, NULL) != 0 || setgid((gid_t)opt.gid) != 0 || setuid((uid_t)opt.uid) != 0)
             fail(122, "cannot become uid %ld: %s", opt.uid, strerror(errno));
     }
+    if (opt.seccomp_fd >= 0) install_seccomp(opt.seccomp_fd);
     execvp(argv[first], argv + first);
     fail(127, "cannot run %s: %s", argv[first], strerror(errno));
     return 127;
