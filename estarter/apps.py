@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import pydeps
 from .errors import EstarterError
 from .kernel.core import kernel_db
 from .kernel.permissions import PermissionManager
@@ -34,6 +35,8 @@ def install(home: Path, source: Path, grants: list[str], grant_all: bool,
             names.normalize(name)
         except ValueError as exc:
             raise EstarterError(str(exc)) from None
+    # Before anything lands: bad requirements or a failed pip refuse the install.
+    pydeps.ensure(home, pydeps.read_source(source))
     manifest = AppStore(home, on_step=on_step).install(source)
     pm = PermissionManager(state_db(home))
     try:

@@ -250,7 +250,7 @@ def run_sandboxed(payload: bytes, raw_limits: Mapping[str, Any] | None,
     try:
         plan = lim.plan([sys.executable, "-E", "-s", "-B", "-c", RUNNER],
                         {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, folder)
-        wrapper = _with_cloudpickle(plan.wrapper)
+        wrapper = _with_environment(plan.wrapper)
         argv = launcher_command(plan.spec, [*wrapper, *plan.argv])
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -325,17 +325,18 @@ def _feed(pipe: Any, payload: bytes) -> None:
             pass
 
 
-def _with_cloudpickle(wrapper: list[str]) -> list[str]:
-    """Bind cloudpickle's package (like the sdk) when the sandbox does not hold it yet."""
-    import cloudpickle
+def _with_environment(wrapper: list[str]) -> list[str]:
+    """Bind the caller's Python environment (its venv, read-only) into the sandbox.
 
-    pkg = Path(cloudpickle.__file__).resolve().parent
-    bound = [Path(wrapper[i + 1]) for i, a in enumerate(wrapper[:-1]) if a == "--ro-bind"]
-    if not wrapper or any(pkg == b or b in pkg.parents for b in bound):
+    A function is the caller's own code: it imports what the caller imports
+    (cloudpickle, numpy, ...). Apps never get this: they see the standard library,
+    the SDK and their own folder only (``hosting/python_app.py``)."""
+    prefix = Path(sys.prefix).resolve()
+    if not wrapper or prefix == Path("/usr") or Path("/usr") in prefix.parents:
         return wrapper
-    site = pkg.parent  # bound at its own path, so it is on the child's sys.path
-    return [*wrapper[:-1], "--ro-bind", str(pkg), str(pkg), "--setenv", "PYTHONPATH",
-            str(site), "--"]
+    # Mounts go before the root is made read-only (their mount points are made there).
+    at = wrapper.index("--remount-ro") if "--remount-ro" in wrapper else len(wrapper) - 1
+    return [*wrapper[:at], "--ro-bind", str(prefix), str(prefix), *wrapper[at:]]
 
 
 def _code_text(code: int | None) -> str:

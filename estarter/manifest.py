@@ -119,8 +119,11 @@ class AppManifest(BaseModel):
 
     @property
     def requested_permissions(self) -> frozenset[str]:
-        """The permissions this app asks for; an empty list asks for ``basic``."""
-        return perms.expand(self.permissions)
+        """The permissions this app asks for; an empty list asks for ``basic``.
+        ``networkAllowed: true`` asks for ``net.access`` too: the flag takes effect
+        only once the operator grants it."""
+        asked = perms.expand(self.permissions)
+        return asked | {"net.access"} if self.network_allowed else asked
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

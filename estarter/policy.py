@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import PermissionDenied
 from .manifest import (
     DEFAULT_MAX_OPEN_FILES,
     AppManifest,
@@ -16,6 +17,7 @@ from .manifest import (
     RuntimeKind,
     resolve_entry,
 )
+from .permissions import BASIC
 
 MIB = 1024 * 1024
 
@@ -41,6 +43,9 @@ class SandboxPolicy:
     max_open_files: int = DEFAULT_MAX_OPEN_FILES  # RLIMIT_NOFILE of a native app
     version: str = "0.1.0"
     extra_env: tuple[tuple[str, str], ...] = field(default=())
+    # A python app's own dependencies (its requirements.txt, installed by pip):
+    # bound read-only into the sandbox and put on its sys.path (pydeps.py).
+    python_deps: Path | None = None
 
     @classmethod
     def from_manifest(
@@ -50,7 +55,8 @@ class SandboxPolicy:
         granted: frozenset[str] | None = None,
         strict: bool = False,
     ) -> SandboxPolicy:
-        """Build the policy; ``granted`` defaults to nothing beyond what is requested."""
+        """Build the policy; ``granted`` defaults to the requested part of ``basic`` (what
+        is granted without asking), and is never more than what is requested."""
         requested = manifest.requested_permissions
         return cls(
             app_id=manifest.id,
@@ -59,7 +65,7 @@ class SandboxPolicy:
             entry=resolve_entry(app_dir, manifest),
             args=tuple(manifest.args),
             requested=requested,
-            granted=requested if granted is None else (granted & requested),
+            granted=(requested & BASIC) if granted is None else (granted & requested),
             memory_limit_bytes=manifest.memory_limit_mb * MIB,
             max_processes=manifest.max_processes,
             cpu_quota_percent=manifest.cpu_quota,
@@ -78,3 +84,30 @@ class SandboxPolicy:
 
     def allows(self, permission: str) -> bool:
         return permission in self.granted
+
+    def ungranted_escape_hatches(self) -> list[tuple[str, str]]:
+        """(manifest flag, permission) for each flag that would widen the sandbox but
+        lacks the operator's grant. Requesting is not enough: the flag counts only
+        when the permission was granted."""
+        out = []
+        if not self.sandboxed and not self.allows("admin"):
+            out.append(("sandboxed: false", "admin"))
+        if self.network_allowed and not self.allows("net.access"):
+            out.append(("networkAllowed: true", "net.access"))
+        return out
+
+    def require_escape_hatch_grants(self) -> None:
+        """Raise PermissionDenied (one clear line) if a widening flag is not granted.
+
+        Checked by the kernel before a launch and again by the host that would apply
+        the flag, so a policy built by hand cannot skip it either."""
+        missing = self.ungranted_escape_hatches()
+        if not missing:
+            return
+        flags = " and ".join(f"{flag} needs the {perm} permission granted"
+                             for flag, perm in missing)
+        perms = " ".join(perm for _, perm in missing)
+        raise PermissionDenied(
+            f"app {self.app_id}: {flags}; the operator grants it with "
+            f"`estarter permissions grant {self.app_id} {perms}` or `--grant`",
+            {"permission": missing[0][1], "appId": self.app_id})

@@ -51,6 +51,7 @@ SECCOMP_MODE_FILTER = 2
 BPF_MAXINSNS = 4096
 CLONE_NEWNET = 0x40000000
 GUARD_KILL_SECONDS = 5.0
+GUARD_RMDIR_SECONDS = 60.0
 
 
 def _fail(code: int, message: str) -> None:
@@ -98,14 +99,18 @@ def _sweep(procs: list[str], token: str) -> None:
                 pass
         time.sleep(0.02)
     for path in procs:
-        for _ in range(50):
+        # EBUSY lasts while exiting tasks are still charged: long on a loaded host.
+        rm_deadline = time.monotonic() + GUARD_RMDIR_SECONDS
+        while True:
             try:
                 os.rmdir(os.path.dirname(path))
                 break
             except FileNotFoundError:
                 break
             except OSError:
-                time.sleep(0.02)
+                if time.monotonic() >= rm_deadline:
+                    break
+                time.sleep(0.05)
 
 
 def _guard(spec: dict, supervisor: int) -> None:

@@ -17,7 +17,6 @@ import os
 import queue
 import select
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,10 +27,11 @@ from ..manifest import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FrameDecoder, FramingError, encode_frame
-from . import limits
+from . import limits, python_app
 from .applog import LOG_LINE_MAX, BoundedLog
 from .base import ExitInfo, ExitReason, HostContext, HostState
 from .budget import release_big_allocations
+from .limits.rlimits import wait_with_usage
 from .spawn import launcher_command
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -43,10 +43,8 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 def app_command(policy: SandboxPolicy) -> list[str]:
     """The argv that runs the app itself (before launcher and sandbox wrappers)."""
     if policy.runtime is RuntimeKind.PYTHON:
-        # -E -s -B: no PYTHON* variables, no user site, no .pyc in the app folder.
-        # Not -I: that would also drop the app folder from sys.path, and apps
-        # with more than one module need it.
-        return [sys.executable, "-E", "-s", "-B", str(policy.entry), *policy.args]
+        return python_app.command(policy.entry, policy.app_dir, policy.args,
+                                  policy.python_deps)
     if policy.runtime is RuntimeKind.NATIVE:
         return [str(policy.entry), *policy.args]
     raise LaunchError(f"ProcessHost cannot run runtime {policy.runtime.value!r}")
@@ -265,16 +263,19 @@ class ProcessHost:
             self._deadline_timer.daemon = True
             self._deadline_timer.start()
         self._spawned.set()
-        code = proc.wait()  # the one owner of wait(): nothing else reaps this child
-        self._finish(code)
+        # The one owner of wait(): nothing else reaps this child. wait4 rather than
+        # proc.wait(): its rusage tells a CPU-limit kill from any other SIGKILL.
+        code, cpu_seconds = wait_with_usage(proc.pid)
+        proc.returncode = code
+        self._finish(code, cpu_seconds)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, cpu_seconds: float | None = None) -> None:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self._limits.kill()  # whatever the app left behind goes with it
         for t in self._drainers:  # stdout and stderr readers reach EOF after the kill
             t.join(timeout=2)
-        limit_reason = self._limits.exit_reason(code)
+        limit_reason = self._limits.exit_reason(code, cpu_seconds)
         if self._end_cause is not None:
             reason, detail = self._end_cause
         elif limit_reason is not None:

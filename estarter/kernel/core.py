@@ -13,13 +13,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import pydeps
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
 from ..hosting.applog import level_of, one_line
 from ..hosting.base import ExitInfo, ExitReason, HostState
-from ..manifest import AppManifest, load_manifest
+from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..policy import SandboxPolicy
 from ..state import AppRecords
 from . import recovery, services
@@ -288,6 +290,9 @@ class Kernel:
         policy = SandboxPolicy.from_manifest(
             manifest, app_dir, granted=self.permissions.granted(app_id),
             strict=self.strict if strict is None else strict)
+        policy.require_escape_hatch_grants()  # sandboxed:false / networkAllowed need grants
+        if policy.runtime is RuntimeKind.PYTHON:
+            policy = replace(policy, python_deps=pydeps.ensure(self.home, pydeps.read(app_dir)))
         with self._lock:
             current = self._apps.get(app_id)
             if current is not None and current.exit is None:

@@ -26,6 +26,7 @@ import pytest
 
 from estarter.hosting import limits
 from estarter.hosting.base import ExitInfo, ExitReason, HostContext, HostState
+from estarter.hosting.limits.rlimits import wait_with_usage
 from estarter.hosting.process_host import ProcessHost
 from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
@@ -83,11 +84,15 @@ class Harness:
             app_id=app_id, runtime=RuntimeKind.PYTHON, app_dir=folder.resolve(),
             entry=(folder / "app.py").resolve(), args=(), requested=frozenset(),
             granted=frozenset(), memory_limit_bytes=0, max_processes=0, cpu_quota_percent=0,
-            network_allowed=True, max_runtime_seconds=0, disk_quota_bytes=100 * MIB,
+            network_allowed=False, max_runtime_seconds=0, disk_quota_bytes=100 * MIB,
             restart=RestartPolicy.NEVER, sandboxed=True,
         )
         perms = frozenset(over.pop("granted", ()))
-        return replace(base, requested=perms, granted=perms, **over)
+        pol = replace(base, **over)
+        # These tests are about limits: the flags they set are granted (the gating of
+        # sandboxed:false and networkAllowed has its own tests in test_hostile.py).
+        perms |= {perm for _, perm in pol.ungranted_escape_hatches()}
+        return replace(pol, requested=perms, granted=perms)
 
     def ctx(self, app_id: str) -> HostContext:
         zones = {z: self.home / "vfs" / z / app_id for z in ("appdata", "cache", "temp")}
@@ -401,7 +406,12 @@ from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
 from estarter.policy import SandboxPolicy
 
-root, marker, sandboxed = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+root, marker, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+sandboxed = mode == "sandboxed"
+if mode == "bare":  # a host without bwrap: only the orphan guard finds the daemon
+    import importlib
+    detect = importlib.import_module("estarter.hosting.limits.detect")
+    detect.probe_bwrap = lambda: (None, "bwrap hidden by the test")
 app = root / ("enf-daemon-" + marker)
 app.mkdir(parents=True)
 (app / "app.py").write_text('''
@@ -422,8 +432,9 @@ ctx = HostContext(api=api, log=lambda level, msg: print(msg, flush=True),
                   zones=zones)
 pol = SandboxPolicy(app_id=app.name, runtime=RuntimeKind.PYTHON, app_dir=app,
                     entry=app / "app.py", args=(), requested=frozenset(),
-                    granted=frozenset(), memory_limit_bytes=0, max_processes=0,
-                    cpu_quota_percent=0, network_allowed=True, max_runtime_seconds=0,
+                    granted=frozenset() if sandboxed else frozenset({"admin"}),
+                    memory_limit_bytes=0, max_processes=0,
+                    cpu_quota_percent=0, network_allowed=False, max_runtime_seconds=0,
                     disk_quota_bytes=0, restart=RestartPolicy.NEVER, sandboxed=sandboxed)
 host = ProcessHost(pol, ctx)
 host.start()
@@ -431,11 +442,11 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("sandboxed", [True, False])
-def test_sigkill_of_supervisor_leaves_no_app_process(tmp_path: Path, sandboxed: bool) -> None:
-    marker = f"daemon{os.getpid()}x{int(sandboxed)}"
+@pytest.mark.parametrize("mode", ["sandboxed", "host-view", "bare"])
+def test_sigkill_of_supervisor_leaves_no_app_process(tmp_path: Path, mode: str) -> None:
+    marker = f"daemon{os.getpid()}x{mode}"
     sup = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(tmp_path), marker, "1" if sandboxed else "0"],
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path), marker, mode],
         stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]))
     try:
         def daemons() -> list[psutil.Process]:
@@ -444,7 +455,7 @@ def test_sigkill_of_supervisor_leaves_no_app_process(tmp_path: Path, sandboxed: 
 
         assert wait_for(daemons, 10), "the app's daemon never started"
         daemon = daemons()[0]
-        if not sandboxed:  # it really left the supervisor's process tree
+        if mode == "bare":  # it really left the supervisor's process tree
             assert daemon.pid not in {
                 c.pid for c in psutil.Process(sup.pid).children(recursive=True)}
         sup.send_signal(signal.SIGKILL)
@@ -514,15 +525,22 @@ def run_rlimited(root: Path, app_id: str, source: str, **over: Any) -> tuple[Exi
     proc = subprocess.Popen(argv, env=plan.env, cwd="/", stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, pass_fds=plan.pass_fds)
     lim.started(proc.pid)
+    watchdog = threading.Timer(30, proc.kill)  # a bound on the whole run, loaded or not
+    watchdog.start()
     try:
-        _, err = proc.communicate(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        # Reaped as the process host does: wait4's rusage counts the CPU to the end,
+        # whatever the sampler managed to see on a busy machine.
+        code, cpu_seconds = wait_with_usage(proc.pid)
+        proc.returncode = code
         elapsed = time.monotonic() - t0
-        code = proc.returncode
-        reason = lim.exit_reason(code) or ExitReason.CRASHED
+        reason = lim.exit_reason(code, cpu_seconds) or ExitReason.CRASHED
         return ExitInfo(code, reason, err.decode()[-300:]), elapsed, lim.report()
     finally:
+        watchdog.cancel()
         lim.kill()
-        if proc.poll() is None:
+        if proc.returncode is None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
         lim.cleanup()

@@ -64,7 +64,7 @@ class Rig:
         (folder / "app.py").write_text(textwrap.dedent(source))
         m = AppManifest.model_validate({"id": "t", "runtime": "python", "entry": "app.py",
                                         **manifest})
-        policy = SandboxPolicy.from_manifest(m, folder)
+        policy = SandboxPolicy.from_manifest(m, folder, granted=m.requested_permissions)
         ctx = HostContext(api=self.kernel.api, log=lambda lvl, msg: self.logs.append(msg),
                           on_exit=self.exits.append, home=self.root / "home",
                           appdata=self.root / "home" / "appdata")

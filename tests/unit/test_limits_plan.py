@@ -121,7 +121,8 @@ def test_bwrap_argv_mounts_zones_by_permission(tmp_path: Path) -> None:
     ctx = type(ctx)(**{**ctx.__dict__, "appdata": zones["appdata"], "zones": zones})
 
     def argv(**over: object) -> list[str]:
-        return bwrap_argv("/usr/bin/bwrap", make_policy(tmp_path, **over), ctx)
+        return bwrap_argv("/usr/bin/bwrap", make_policy(tmp_path, **{"sandboxed": True, **over}),
+                          ctx)
 
     rw = argv(granted=frozenset({"fs.read", "fs.write"}))
     # Read-only even with fs.write: only fs.write holds the diskQuotaMb total.
@@ -201,3 +202,25 @@ def test_spec_flags_round_trip_through_the_python_parser() -> None:
     parsed, argv = launcher.parse(["launcher", *spawn.spec_flags(spec), "--", "app", "x"])
     assert argv == ["app", "x"]
     assert parsed == spec
+
+
+def test_host_view_of_an_unsandboxed_app_masks_secrets(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """sandboxed:false (admin granted) still runs in bwrap: host folders read-only,
+    no capabilities, fresh /tmp /run /dev /proc, the estarter home and Ray's
+    credentials masked."""
+    token = tmp_path / "ray-token"
+    token.write_text("t")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    ctx = make_ctx(tmp_path)
+    ctx.home.mkdir(parents=True)
+    argv = bwrap_argv("/usr/bin/bwrap", make_policy(tmp_path, sandboxed=False), ctx)
+    pairs = list(zip(argv, argv[1:]))
+    assert ("--ro-bind", "/etc") in pairs and ("--bind", "/etc") not in pairs
+    for fresh in ("/tmp", "/run"):
+        assert ("--tmpfs", fresh) in pairs
+    assert ("--dev", "/dev") in pairs and ("--proc", "/proc") in pairs
+    assert ("--tmpfs", str(ctx.home.resolve())) in pairs  # kernel.db, tokens, app data
+    assert argv[argv.index(str(token)) - 1] == "/dev/null"  # masked by an empty file
+    assert "--cap-drop" in argv and "--uid" not in argv and "--share-net" not in argv
+    assert argv[argv.index("--remount-ro") + 1] == "/" and argv[-1] == "--"

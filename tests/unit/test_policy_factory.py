@@ -41,7 +41,9 @@ def test_policy_from_manifest(tmp_path: Path) -> None:
     assert (p.memory_limit_bytes, p.max_processes, p.cpu_quota_percent) == (64 * MIB, 4, 20)
     assert p.network_allowed and p.max_runtime_seconds == 2.0
     assert p.disk_quota_bytes == 5 * MIB and p.restart is RestartPolicy.ALWAYS
-    assert p.args == ("x",) and p.requested == {"fs.read", "system.info"}
+    # networkAllowed asks for net.access: the flag counts only once it is granted
+    assert p.args == ("x",) and p.requested == {"fs.read", "system.info", "net.access"}
+    assert p.granted == {"fs.read"}  # basic only, without a grant
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.max_processes = 9  # type: ignore[misc]
 

@@ -97,7 +97,7 @@ def make_host(tmp_path: Path, wat: str | bytes, *, name: str = "app.wat",
     else:
         entry.write_text(wat)
     m = AppManifest.model_validate({"id": "t.app", "runtime": "wasm", "entry": name, **manifest})
-    policy = SandboxPolicy.from_manifest(m, app_dir)
+    policy = SandboxPolicy.from_manifest(m, app_dir, granted=m.requested_permissions)
     kernel, rec = FakeKernel(policy.granted), Recorder()
     ctx = HostContext(api=kernel.api, log=rec.log, on_exit=rec.on_exit, home=tmp_path / "home",
                       appdata=tmp_path / "appdata", env=env or {})

@@ -21,7 +21,8 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 @pytest.mark.parametrize("sample", ["hello-wasm", "hello-wat"])
 def test_sample_notifies_and_exits_0(tmp_path: Path, sample: str) -> None:
     app_dir = SAMPLES / sample
-    policy = SandboxPolicy.from_manifest(load_manifest(app_dir), app_dir)
+    m = load_manifest(app_dir)
+    policy = SandboxPolicy.from_manifest(m, app_dir, granted=m.requested_permissions)
     kernel, rec = FakeKernel(policy.granted), Recorder()
     ctx = HostContext(api=kernel.api, log=rec.log, on_exit=rec.on_exit, home=tmp_path,
                       appdata=tmp_path / "appdata")

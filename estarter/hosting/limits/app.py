@@ -20,7 +20,7 @@ from ...policy import SandboxPolicy
 from .. import launcher
 from ..base import ExitReason, HostContext
 from . import network
-from .cgroupfs import Cgroups
+from .cgroupfs import Cgroups, remove_later
 from .detect import HostFacts
 from .plan import LaunchPlan, Outcome
 from .rlimits import (
@@ -55,22 +55,30 @@ class AppLimits:
         self.token = secrets.token_hex(8)
         self.rlimits: dict[str, list[int]] = {}
         self.sandboxed = False
+        self.wrapped = False  # in bwrap: own PID namespace (sandboxed or host view)
         self.network = "host"
+        self.net: network.SlirpNetwork | None = None  # the outbound network's slirp4netns
+        self._not_applied: list[str] = []
         self.seccomp: SeccompFilter | None = None  # the filter this launch runs under
         self.seccomp_by = ""  # who installs it: bwrap or the launcher
         self._seccomp_fd: int | None = None  # our end of the pipe with the program
-        self.net: network.SlirpNetwork | None = None  # the outbound network's slirp4netns
-        self._not_applied: list[str] = []
         self.sampler: TreeSampler | None = None
         self._lock = threading.Lock()
         self._cleaned = False
+
+    @property
+    def uses_token(self) -> bool:
+        """Processes are found by the environment marker (no cgroup, no PID namespace)."""
+        return self.cgroups is None and not self.wrapped
 
     @property
     def backend(self) -> str:
         return self.cgroups.name if self.cgroups is not None else "rlimit"
 
     def plan(self, argv: list[str], env: dict[str, str], cwd: Path) -> LaunchPlan:
-        """The launch; raises SandboxUnavailable (strict) naming what cannot be applied."""
+        """The launch; raises SandboxUnavailable (strict) naming what cannot be applied,
+        PermissionDenied if a widening manifest flag lacks its grant."""
+        self.policy.require_escape_hatch_grants()
         try:
             return self._plan(argv, env, cwd)
         except SandboxUnavailable:
@@ -99,16 +107,23 @@ class AppLimits:
         if self.rlimits:
             spec["rlimits"] = self.rlimits
         wrapper: list[str] = []
-        if policy.sandboxed:
-            if facts.bwrap is not None:
-                wrapper = bwrap_argv(facts.bwrap, policy, self.ctx)
-                self.sandboxed = True
-                out.ok("sandboxed: bwrap (user/pid/mount/ipc/uts/cgroup namespaces, uid 65534, "
-                       "no capabilities, zones by permission)")
-            else:
-                out.missing(f"sandboxed ({facts.bwrap_error})")
+        if facts.bwrap is not None:
+            # Unsandboxed (admin granted) still runs in bwrap: the host's folders
+            # read-only, no capabilities, its own PID namespace, secrets masked.
+            wrapper = bwrap_argv(facts.bwrap, policy, self.ctx,
+                                 self.run_as[0] if self.run_as else os.geteuid())
+            self.wrapped = True
+            self.sandboxed = policy.sandboxed
+            out.ok("sandboxed: bwrap (user/pid/mount/ipc/uts/cgroup namespaces, uid 65534, "
+                   "no capabilities, zones by permission)" if policy.sandboxed else
+                   "unsandboxed (admin granted): bwrap host view (host folders read-only, "
+                   "pid/mount/ipc/uts/cgroup namespaces, no capabilities, estarter home, "
+                   "Ray credentials, /tmp and /run masked)")
+        else:
+            out.missing(f"{'sandboxed' if policy.sandboxed else 'unsandboxed host view'} "
+                        f"({facts.bwrap_error})")
         if not policy.network_allowed:
-            if self.sandboxed:
+            if self.wrapped:
                 self.network = "none (bwrap --unshare-net)"
             elif facts.cap_sys_admin:
                 spec["unshare_net"] = True
@@ -120,16 +135,22 @@ class AppLimits:
         else:
             wrapper = self._plan_outbound(spec, wrapper, out)
         wrapper = self._plan_seccomp(spec, wrapper, out)
-        if not self.sandboxed or self.cgroups is not None:
+        if not self.wrapped or self.cgroups is not None:
             # If the supervisor dies, nobody else would kill a daemon that escaped
-            # PDEATHSIG (bwrap's PID namespace does that when sandboxed) or remove
+            # PDEATHSIG (bwrap's PID namespace does that when wrapped) or remove
             # the cgroups: the guard kills the cgroup (or the token's processes)
             # and removes it.
             spec["guard"] = {"procs": spec.get("cgroup_procs", []), "token": self.token}
             out.ok("orphan guard: watchdog of the supervisor")
         if self.run_as is not None:
             spec["user"] = list(self.run_as)
-        env = {**env, TOKEN_ENV: self.token}
+        if self.uses_token:
+            # Only without cgroups and without bwrap's PID namespace: then the
+            # environment marker is the one way to find a double-forked daemon, and
+            # the app can see it (reported; every other launch keeps DESIGN's list).
+            env = {**env, TOKEN_ENV: self.token}
+            out.missing("environment exactly DESIGN's list (no cgroups and no PID "
+                        f"namespace: the orphan guard marks processes with {TOKEN_ENV})")
         self._not_applied = out.not_applied
         pass_fds: tuple[int, ...] = self.net.child_fds if self.net else ()
         if self._seccomp_fd is not None:
@@ -140,7 +161,7 @@ class AppLimits:
     def _plan_seccomp(self, spec: dict[str, Any], wrapper: list[str],
                       out: Outcome) -> list[str]:
         """The system call filter (``seccomp.py``), last before the app's exec: bwrap's
-        ``--seccomp FD`` when sandboxed (after its own mounts), else the launcher's. The
+        ``--seccomp FD`` when wrapped (after its own mounts), else the launcher's. The
         program travels on a pipe the child inherits. The wrapper back."""
         flt = self.facts.seccomp
         if not flt.ok:
@@ -148,7 +169,7 @@ class AppLimits:
             return wrapper
         self._seccomp_fd = program_pipe(flt.program)
         self.seccomp = flt
-        if self.sandboxed:
+        if self.wrapped:
             self.seccomp_by = "bwrap"
             wrapper = [*wrapper[:-1], "--seccomp", str(self._seccomp_fd), "--"]
         else:
@@ -175,13 +196,13 @@ class AppLimits:
         The wrapper back."""
         slirp = self.facts.slirp
         if not self.facts.cap_sys_admin:  # slirp4netns needs root anyway
-            if self.sandboxed:
+            if self.wrapped:
                 self.network = "none (bwrap --unshare-net)"
             out.missing("networkAllowed=true outbound only (no CAP_SYS_ADMIN): "
-                        + ("no network at all" if self.sandboxed else "the host's network"))
+                        + ("no network at all" if self.wrapped else "the host's network"))
             return wrapper
         if slirp.path is None:
-            if not self.sandboxed:
+            if not self.wrapped:
                 spec["unshare_net"] = True
             self.network = f"none ({slirp.error})"
             out.missing(f"networkAllowed=true ({slirp.error}): no network at all")
@@ -191,7 +212,7 @@ class AppLimits:
         self.network = self.net.describe()
         spec["unshare_net"] = True
         spec["info_fd"], spec["block_fd"] = self.net.child_fds
-        if self.sandboxed:
+        if self.wrapped:
             wrapper = [*wrapper[:-1], "--share-net", "--"]  # the launcher's own namespace
         elif (self.run_as[0] if self.run_as else os.geteuid()) == 0:
             out.missing("networkAllowed=true: node addresses blocked (the app runs as "
@@ -225,8 +246,10 @@ class AppLimits:
             self.ctx.log("warning", f"limit not applied: {line}")
         net.release()
 
-    def exit_reason(self, code: int | None) -> ExitReason | None:
-        """A limit that explains this exit, read from the kernel's counters, or None."""
+    def exit_reason(self, code: int | None,
+                    cpu_seconds: float | None = None) -> ExitReason | None:
+        """A limit that explains this exit, read from the kernel's counters, or None.
+        ``cpu_seconds``: the CPU time of the app's tree from its rusage, if known."""
         if self.cgroups is not None and self.cgroups.oom_kills() > 0:
             return ExitReason.MEMORY_LIMIT
         s = self.sampler
@@ -234,7 +257,11 @@ class AppLimits:
             return None
         s.stop()
         cpu = self.rlimits.get("RLIMIT_CPU")
-        if cpu and killed_by(code, *CPU_SIGNALS) and s.max_cpu >= CPU_FRACTION * cpu[0]:
+        # The CPU time the app really used: the sampler's last look, or (better) the
+        # child's rusage from wait4, which counts to the end. On a busy host the
+        # sampler may have seen nothing before RLIMIT_CPU ended the app.
+        used = max(s.max_cpu, cpu_seconds or 0.0)
+        if cpu and killed_by(code, *CPU_SIGNALS) and used >= CPU_FRACTION * cpu[0]:
             return ExitReason.CPU_LIMIT
         mem = self.rlimits.get("RLIMIT_AS")
         if mem and code not in (0, None) and s.peak_vm >= MEMORY_PEAK_FRACTION * mem[0]:
@@ -253,6 +280,7 @@ class AppLimits:
             for p in tree(self.pid)[1:]:
                 with contextlib.suppress(psutil.Error):  # gone already: nothing to kill
                     p.kill()
+        if self.uses_token:
             for pid in launcher._token_pids(self.token):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
@@ -261,7 +289,7 @@ class AppLimits:
         """Processes of the app still present (for tests and ``inspect``)."""
         if self.cgroups is not None:
             return self.cgroups.pids()
-        pids = set(launcher._token_pids(self.token))
+        pids = set(launcher._token_pids(self.token)) if self.uses_token else set()
         if self.pid is not None:
             pids.update(p.pid for p in tree(self.pid))
         return sorted(pids)
@@ -274,7 +302,8 @@ class AppLimits:
             "cgroups": [str(d) for d in cg.dirs] if cg else [],
             "written": dict(cg.values) if cg else {},
             "rlimits": {k: list(v) for k, v in self.rlimits.items()},
-            "sandbox": "bwrap" if self.sandboxed else "off",
+            "sandbox": ("bwrap" if self.sandboxed else "bwrap host view" if self.wrapped
+                        else "off"),
             "network": self.network,
             "networkSetupMs": (round(self.net.setup_seconds * 1000, 1)
                                if self.net and self.net.setup_seconds is not None else None),
@@ -302,4 +331,12 @@ class AppLimits:
             cg.kill()
         left = cg.remove()
         if left:
-            self.ctx.log("warning", f"cgroups not removed (swept later): {left}")
+            self.ctx.log("warning", f"cgroups not removed yet (retrying in the "
+                                    f"background): {[str(d) for d in left]}")
+
+            def done(still: list[Path]) -> None:
+                if still:
+                    self.ctx.log("warning", f"cgroups still busy, left for the stale "
+                                            f"sweep: {[str(d) for d in still]}")
+
+            remove_later(left, on_done=done)

@@ -6,8 +6,9 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,41 @@ def remove(dirs: list[Path], timeout: float = RMDIR_SECONDS) -> list[Path]:
                     break
                 time.sleep(0.01)
     return left
+
+
+LATE_RMDIR_SECONDS = 120.0
+
+
+def remove_later(dirs: list[Path], timeout: float = LATE_RMDIR_SECONDS,
+                 on_done: Callable[[list[Path]], None] | None = None) -> threading.Thread:
+    """Keep trying to rmdir ``dirs`` in the background (backing off to 1 s) until
+    they are gone or ``timeout`` passes; ``on_done`` gets what is still left.
+
+    A cgroup stays busy while its exiting tasks are still charged, which on a loaded
+    host outlasts the few seconds ``remove`` waits in line; without this it stayed
+    until a launch 60 s later swept it."""
+    def run() -> None:
+        deadline = time.monotonic() + timeout
+        pause = 0.05
+        left, gave_up = list(dirs), list[Path]()
+        while left and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+            busy: list[Path] = []
+            for d in left:
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # only EBUSY improves with time
+                    (busy if exc.errno == errno.EBUSY else gave_up).append(d)
+            left = busy
+        if on_done is not None:
+            on_done(left + gave_up)
+
+    thread = threading.Thread(target=run, name="estarter-cgroup-reaper", daemon=True)
+    thread.start()
+    return thread
 
 
 def sweep_stale(parents: Iterable[Path], now: float | None = None) -> list[Path]:

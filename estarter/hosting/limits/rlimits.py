@@ -14,6 +14,7 @@ runs (``VmPeak``, utime+stime from /proc) and the exit is explained from those.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import signal
 import threading
@@ -137,6 +138,20 @@ class TreeSampler:
 
     def snapshot(self) -> dict[str, Any]:
         return {"peakVmBytes": self.peak_vm, "maxCpuSeconds": round(self.max_cpu, 3)}
+
+
+def wait_with_usage(pid: int) -> tuple[int, float]:
+    """Reap the child ``pid``: (exit code as Popen gives it, CPU seconds of its tree).
+
+    wait4's rusage counts every descendant the child waited for (bwrap waits for
+    the app), to the very end; a sampler only sees what it looked at."""
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
 
 
 def killed_by(code: int | None, *sigs: int) -> bool:

@@ -56,6 +56,7 @@
 
 #define MAX_ITEMS 32
 #define GUARD_KILL_MS 5000
+#define GUARD_RMDIR_MS 60000
 
 struct rl { int resource; rlim_t soft, hard; };
 
@@ -237,10 +238,11 @@ static void sweep(void) {
         char *slash = strrchr(dir, '/');
         if (!slash) continue;
         *slash = '\0';
-        for (int tries = 0; tries < 50; tries++) {
-            if (rmdir(dir) == 0 || errno == ENOENT) break;
-            sleep_ms(20);
-        }
+        /* EBUSY lasts while exiting tasks are still charged: long on a loaded
+           host. The guard has nothing else to do, so it keeps trying a while. */
+        long rm_deadline = now_ms() + GUARD_RMDIR_MS;
+        while (rmdir(dir) != 0 && errno != ENOENT && now_ms() < rm_deadline)
+            sleep_ms(50);
     }
 }
 

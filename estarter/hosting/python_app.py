@@ -1,0 +1,72 @@
+"""How a ``python``-runtime app is started: the standard library, the SDK and its
+own folder on ``sys.path``, and nothing of estarter's own dependencies.
+
+The interpreter is the base installation behind our venv, run with ``-I -S -B``:
+no ``PYTHON*`` variables, no user site, no ``site`` at all (so no site-packages,
+neither the venv's, where Ray and pydantic live, nor the base's), no .pyc files in
+the app folder. A short bootstrap (``-c``) puts the app's folder, the SDK and the
+app's own dependencies (installed by ``estarter install`` from its
+``requirements.txt``) first on ``sys.path`` and runs the entry as ``__main__``.
+
+In the sandbox the SDK is bound at ``SDK_MOUNT`` and the dependencies at
+``DEPS_MOUNT``; the base install is bound with its site-packages masked, so the
+app cannot reach them by path either. Without bwrap (a degraded host, reported as
+such) the bootstrap falls back to the host paths.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+SDK_MOUNT = "/estarter-sdk"
+DEPS_MOUNT = "/estarter-deps"
+
+# argv[1] = the entry, argv[2] = the app folder, argv[3] = the SDK's host parent,
+# argv[4] = the dependencies' host folder or ""; the app sees argv from the entry on.
+BOOT = (
+    "import os, runpy, sys\n"
+    "entry, folder, sdk, deps = sys.argv[1:5]\n"
+    f"sdk = {SDK_MOUNT!r} if os.path.isdir({SDK_MOUNT!r} + '/sdk') else sdk\n"
+    f"deps = {DEPS_MOUNT!r} if os.path.isdir({DEPS_MOUNT!r}) else deps\n"
+    "sys.argv = [entry, *sys.argv[5:]]\n"
+    "sys.path[:0] = [p for p in (folder, sdk, deps) if p]\n"
+    "del os, entry, folder, sdk, deps\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def interpreter() -> str:
+    """The base interpreter (not the venv's launcher, which would pull in its site)."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def sdk_dir() -> Path | None:
+    """The ``sdk`` package folder (an editable install points into the repo)."""
+    spec = importlib.util.find_spec("sdk")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def command(entry: Path, app_dir: Path, args: tuple[str, ...],
+            deps: Path | None = None) -> list[str]:
+    """The argv of a ``python`` app."""
+    sdk = sdk_dir()
+    return [interpreter(), "-I", "-S", "-B", "-c", BOOT, str(entry), str(app_dir),
+            str(sdk.parent) if sdk else "", str(deps) if deps else "", *args]
+
+
+def base_prefix() -> Path:
+    return Path(os.path.realpath(sys.base_prefix))
+
+
+def site_packages() -> list[Path]:
+    """The base installation's site-packages folders (masked in the sandbox)."""
+    base = str(base_prefix())
+    found = {sysconfig.get_path(name, vars={"base": base, "platbase": base})
+             for name in ("purelib", "platlib")}
+    return sorted(Path(p) for p in found if p and os.path.isdir(p))
