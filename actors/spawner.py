@@ -18,6 +18,7 @@ is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ from estarter.policy import SandboxPolicy
 
 from . import ray_api
 from .supervisor import SupervisorActor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POOL = int(os.environ.get("ESTARTER_SUPERVISOR_POOL", "1"))
 # How long a launch may stay pending for capacity before it is refused.
@@ -240,34 +243,57 @@ class RaySpawner:
     # -- watching --------------------------------------------------------------
 
     def _watch(self) -> None:
+        """Runs for the kernel's life: a step that fails is logged and the next one
+        runs, so one bad exit (or a Ray hiccup) never stops the reporting of others."""
         while True:
+            try:
+                self.watch_step(timeout=0.5)
+            except Exception:
+                log.exception("supervisor watcher: a step failed; going on")
+                self._wake.wait(0.5)
+
+    def watch_step(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for supervisors whose app ended; report each one.
+        Returns how many were handled."""
+        with self._lock:
+            refs = list(self._watched)
+        if not refs:
+            self._wake.wait(timeout * 2)
+            self._wake.clear()
+            return 0
+        ready, _ = ray_api.wait(refs, timeout=timeout)
+        for ref in ready:
             with self._lock:
-                refs = list(self._watched)
-            if not refs:
-                self._wake.wait(1.0)
-                self._wake.clear()
+                entry = self._watched.pop(ref, None)
+            if entry is None:
                 continue
-            ready, _ = ray_api.wait(refs, timeout=0.5)
-            for ref in ready:
-                with self._lock:
-                    app_id, run_id, port, node, dedicated = self._watched.pop(ref)
-                try:
-                    final = ray_api.get(ref, timeout=5)
-                except EstarterError as exc:
-                    # Classified on a thread of its own: it may wait for the GCS.
-                    threading.Thread(target=self._report_lost,
-                                     args=(app_id, run_id, node, str(exc)), daemon=True,
-                                     name=f"estarter-lost-{app_id}").start()
-                    continue
-                port.final = final
-                if final and self.on_exited is not None:
-                    # Idempotent in the kernel; needed when the supervisor's own report
-                    # was lost because the kernel was restarting (see watch()).
-                    self.on_exited(app_id, run_id, final)
-                if dedicated:
-                    ray_api.kill(port.handle)  # it holds this app's resources: free them
-                else:
-                    self.pool.give_back(port.handle)  # the app ended: reuse or free it
+            try:
+                self._ended(ref, *entry)
+            except Exception:
+                log.exception("supervisor watcher: reporting the end of %s failed", entry[0])
+        return len(ready)
+
+    def _ended(self, ref: Any, app_id: str, run_id: int, port: RaySupervisorPort, node: str,
+               dedicated: bool) -> None:
+        try:
+            final = ray_api.get(ref, timeout=5)
+        except EstarterError as exc:
+            # Classified on a thread of its own: it may wait for the GCS.
+            threading.Thread(target=self._report_lost,
+                             args=(app_id, run_id, node, str(exc)), daemon=True,
+                             name=f"estarter-lost-{app_id}").start()
+            return
+        port.final = final
+        try:
+            if final and self.on_exited is not None:
+                # Idempotent in the kernel; needed when the supervisor's own report
+                # was lost because the kernel was restarting (see watch()).
+                self.on_exited(app_id, run_id, final)
+        finally:
+            if dedicated:
+                ray_api.kill(port.handle)  # it holds this app's resources: free them
+            else:
+                self.pool.give_back(port.handle)  # the app ended: reuse or free it
 
     def _report_lost(self, app_id: str, run_id: int, node: str, detail: str) -> None:
         reason = lost_reason(node, detail, ray_api.node_alive, NODE_DEATH_GRACE)
