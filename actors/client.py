@@ -56,7 +56,7 @@ class RayClient:
         ray_api.init(info.address)
         try:
             handle = ray_api.get_actor(KERNEL_NAME)
-            desc = ray_api.get(handle.describe.remote(), timeout=30)
+            desc = ray_api.call(handle.describe, timeout=30)
         except EstarterError:
             if started_ray:
                 ray_api.shutdown()
@@ -92,8 +92,7 @@ class RayClient:
             if self._created:
                 # Supervisors are detached: release() kills them, or they would
                 # outlive the kernel (and this process).
-                ray_api.get(self.handle.release.options(concurrency_group=BLOCKING)
-                            .remote(2.0), timeout=120)
+                ray_api.call(self.handle.release, 2.0, timeout=120, group=BLOCKING)
         except (EstarterError, ApiTimeout):
             pass
         finally:

@@ -51,7 +51,7 @@ def submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, A
     """
     checked = functions.check_limits(limits)
     payload = functions.encode_call(fn, args, kwargs)
-    ref = _RunTask.options(**task_options(checked)).remote(payload, checked)
+    ref = ray_api.create(_RunTask, task_options(checked), payload, checked)
     inner: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def settle(done: concurrent.futures.Future[Any]) -> None:

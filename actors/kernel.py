@@ -61,8 +61,8 @@ class KernelShell(Kernel):
         """The supervisor ``name`` if it still runs ``run_id`` of ``app_id``."""
         try:
             handle = ray_api.get_actor(name)
-            info = ray_api.get(handle.info.remote(), timeout=30)
-            policy = ray_api.get(handle.policy.remote(), timeout=30)
+            info = ray_api.call(handle.info, timeout=30)
+            policy = ray_api.call(handle.policy, timeout=30)
         except EstarterError:
             return None
         if info.get("runId") != run_id or info.get("appId") != app_id:
@@ -108,9 +108,9 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
     except EstarterError:
         existing = None
     if existing is not None:
-        desc = ray_api.get(existing.describe.remote(), timeout=60)
+        desc = ray_api.call(existing.describe, timeout=60)
         if desc["home"] == str(home):
-            ray_api.get(existing.start_services.remote(), timeout=60)
+            ray_api.call(existing.start_services, timeout=60)
             return existing, False
         if desc["running"]:
             raise Busy(f"the kernel on this Ray serves {desc['home']} and runs apps")
@@ -128,9 +128,9 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
     # this process holds them until kill_runtime.
     _held[:] = [get_or_create_permissions(home, placed), get_or_create_vfs(home, placed)]
     opts: dict[str, Any] = {"get_if_exists": True, **placed}
-    handle = KernelActor.options(**opts).remote(
-        str(home), strict, rules.to_dict() if rules is not None else None)
-    ray_api.get(handle.ping.remote(), timeout=120)
+    handle = ray_api.create(KernelActor, opts, str(home), strict,
+                            rules.to_dict() if rules is not None else None)
+    ray_api.call(handle.ping, timeout=120)
     return handle, True
 
 
@@ -159,7 +159,7 @@ def describe_runtime(home: Path) -> list[dict[str, Any]]:
     for name, role in ((KERNEL_NAME, "kernel"), (PERMISSIONS_NAME, "permissions"),
                        (VFS_NAME, "vfs")):
         try:
-            desc = ray_api.get(ray_api.get_actor(name).describe.remote(), timeout=30)
+            desc = ray_api.call(ray_api.get_actor(name).describe, timeout=30)
             out.append({"name": name, "role": role, "node": desc.get("node"),
                         "pid": desc.get("pid"), "alive": True})
         except EstarterError as exc:
@@ -167,7 +167,7 @@ def describe_runtime(home: Path) -> list[dict[str, Any]]:
                         "alive": False, "error": str(exc)})
     for name in ray_api.named_actors(supervisor_prefix(home)):
         try:
-            desc = ray_api.get(ray_api.get_actor(name).describe.remote(), timeout=30)
+            desc = ray_api.call(ray_api.get_actor(name).describe, timeout=30)
         except EstarterError as exc:
             out.append({"name": name, "role": "supervisor", "alive": False,
                         "error": str(exc)})

@@ -60,6 +60,6 @@ def permission_client(home: Path) -> PermissionClient:
 
 
 def get_or_create_permissions(home: Path, options: dict[str, Any]) -> Any:
-    handle = PermissionsActor.options(get_if_exists=True, **options).remote(str(home))
-    ray_api.get(handle.ping.remote(), timeout=120)
+    handle = ray_api.create(PermissionsActor, {"get_if_exists": True, **options}, str(home))
+    ray_api.call(handle.ping, timeout=120)
     return handle

@@ -101,9 +101,27 @@ def future(ref: Any) -> concurrent.futures.Future[Any]:
     return out
 
 
+def call(method: Any, *args: Any, timeout: float | None = DEFAULT_TIMEOUT,
+         group: str | None = None) -> Any:
+    """``method(*args)`` on its actor (in concurrency group ``group``), waited for."""
+    if group is not None:
+        method = method.options(concurrency_group=group)
+    return get(method.remote(*args), timeout)
+
+
+def submit(method: Any, *args: Any) -> Any:
+    """Start ``method(*args)`` on its actor; returns the reference to ``get``/``wait``."""
+    return method.remote(*args)
+
+
 def tell(method: Any, *args: Any) -> None:
     """Fire and forget: submit ``method(*args)`` and do not wait for its answer."""
     method.remote(*args)
+
+
+def create(actor_class: Any, options: dict[str, Any], *args: Any) -> Any:
+    """A new actor of ``actor_class`` (made by ``remote``) with ``options``."""
+    return actor_class.options(**options).remote(*args)
 
 
 def get_actor(name: str) -> Any:

@@ -71,7 +71,7 @@ class RaySupervisorPort:
             raise
 
     def notify(self, method: str, params: Any) -> None:
-        self.handle.notify.remote(method, params)
+        ray_api.tell(self.handle.notify, method, params)
 
     def info(self) -> dict[str, Any]:
         return dict(self._proxy.info())
@@ -100,14 +100,14 @@ class SupervisorPool:
         opts = self._options()
         with self._lock:
             while len(self._idle) < self.size:
-                handle = SupervisorActor.options(**opts).remote()
-                self._idle.append((handle, handle.ready.remote()))
+                handle = ray_api.create(SupervisorActor, opts)
+                self._idle.append((handle, ray_api.submit(handle.ready)))
 
     def take(self, options: dict[str, Any] | None = None) -> tuple[Any, Any, bool]:
         """(actor, readiness ref, dedicated). Dedicated: made for these ``options``."""
         if options:
-            handle = SupervisorActor.options(**options).remote()
-            return handle, handle.ready.remote(), True
+            handle = ray_api.create(SupervisorActor, options)
+            return handle, ray_api.submit(handle.ready), True
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
         if pair is not None:
@@ -121,14 +121,14 @@ class SupervisorPool:
 
     def fresh(self) -> tuple[Any, Any, bool]:
         """A new pool-kind supervisor, for when no idle one is at hand."""
-        handle = SupervisorActor.options(**self._options()).remote()
-        return handle, handle.ready.remote(), False
+        handle = ray_api.create(SupervisorActor, self._options())
+        return handle, ray_api.submit(handle.ready), False
 
     def give_back(self, handle: Any) -> None:
         """Reuse a supervisor whose app ended, or kill it if the pool is full."""
         with self._lock:
             if len(self._idle) < self.size:
-                self._idle.append((handle, handle.reset.remote()))
+                self._idle.append((handle, ray_api.submit(handle.reset)))
                 return
         ray_api.kill(handle)
 
@@ -189,9 +189,8 @@ class RaySpawner:
                 # A pooled supervisor refused its reset (it still runs an app).
                 handle, ready, dedicated = self.pool.fresh()
                 self._wait_placed(policy, req, ready)
-            started = ray_api.get(handle.start.remote(policy, run_id, str(self.home),
-                                                      self.rules),
-                                  timeout=120)
+            started = ray_api.call(handle.start, policy, run_id, str(self.home), self.rules,
+                                   timeout=120)
         except Unschedulable:
             ray_api.kill(handle)
             raise
@@ -236,7 +235,8 @@ class RaySpawner:
                    dedicated: bool) -> RaySupervisorPort:
         port = RaySupervisorPort(handle)
         with self._lock:
-            self._watched[handle.wait.remote(None)] = (app_id, run_id, port, node, dedicated)
+            self._watched[ray_api.submit(handle.wait, None)] = (app_id, run_id, port, node,
+                                                               dedicated)
         self._wake.set()
         return port
 

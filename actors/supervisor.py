@@ -91,18 +91,19 @@ class RayKernelPort:
                 return
             _settle(out, reply)
 
-        ray_api.future(self._blocking.remote(payload)).add_done_callback(settle)
+        ray_api.future(ray_api.submit(self._blocking, payload)).add_done_callback(settle)
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         # The name goes with every (re)start report, so the kernel's app record
         # always names the supervisor to find again after a kernel restart.
-        self.kernel.app_running.remote(app_id, run_id, {**info, "actorName": self.actor_name})
+        ray_api.tell(self.kernel.app_running, app_id, run_id,
+                     {**info, "actorName": self.actor_name})
 
     def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
-        self.kernel.app_logs.remote(app_id, lines)
+        ray_api.tell(self.kernel.app_logs, app_id, lines)
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
-        self.kernel.app_exited.remote(app_id, run_id, exit_info)
+        ray_api.tell(self.kernel.app_exited, app_id, run_id, exit_info)
 
 
 def _settle(out: concurrent.futures.Future[Any],
@@ -207,8 +208,8 @@ class _DetachedNamed:
         name = f"{self.prefix}{secrets.token_hex(6)}"
         return self._cls.options(**{**opts, "name": name, "lifetime": "detached"})
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self.options().remote(*args, **kwargs)
+    def remote(self, *args: Any) -> Any:
+        return ray_api.create(self, {}, *args)
 
 
 SupervisorActor = _DetachedNamed(ray_api.remote(SupervisorShell, SUPERVISOR_OPTIONS))

@@ -51,8 +51,7 @@ class VfsShell:
         app's manifest says it too."""
         try:
             kernel = ray_api.get_actor(KERNEL_NAME)
-            return int(ray_api.get(kernel.quota_of.options(concurrency_group=BLOCKING)
-                                   .remote(app_id), timeout=10))
+            return int(ray_api.call(kernel.quota_of, app_id, timeout=10, group=BLOCKING))
         except EstarterError:
             pass
         try:
@@ -104,6 +103,6 @@ class RayVfsPort:
 
 
 def get_or_create_vfs(home: Path, options: dict[str, Any] | None = None) -> Any:
-    handle = VfsActor.options(get_if_exists=True, **(options or {})).remote(str(home))
-    ray_api.get(handle.ping.remote(), timeout=120)
+    handle = ray_api.create(VfsActor, {"get_if_exists": True, **(options or {})}, str(home))
+    ray_api.call(handle.ping, timeout=120)
     return handle

@@ -7,7 +7,8 @@ source tree, function-local ones included (read from the AST, nothing imported):
 - ``estarter`` never imports ``ray``, and ``actors`` only in its composition points
   (``COMPOSITION``: the Python API's Runtime and the persistent runtime's up/down),
   where a mode is chosen;
-- in ``actors`` only ``ray_api`` imports ``ray``: every Ray call goes through it.
+- in ``actors`` only ``ray_api`` imports ``ray`` and calls ``.remote``: every Ray
+  call goes through it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ def test_core_neither_imports_ray_nor_drives_actors_outside_composition() -> Non
 
 def test_only_ray_api_imports_ray() -> None:
     bad = [(f, n, m) for f, n, m in imports("actors") if m == "ray" and f != RAY_MODULE]
+    assert bad == []
+
+
+def test_every_ray_call_of_actors_goes_through_ray_api() -> None:
+    """No ``x.remote(...)`` outside ray_api: submitting, waiting, creating and
+    telling are ray_api's (``call``, ``submit``, ``tell``, ``create``, ``get``), so
+    a unit test replaces one module to fake Ray."""
+    bad = []
+    for path in sorted((ROOT / "actors").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == RAY_MODULE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "remote"
+                    and not (isinstance(node.func.value, ast.Name)
+                             and node.func.value.id == "ray_api")):  # ray_api.remote()
+                bad.append((rel, node.lineno))
     assert bad == []
 
 
