@@ -107,6 +107,7 @@ class AppRecord:
         self.pid: int | None = None
         self.node: str | None = None
         self.node_relaunches = 0  # runs started again after their node was lost
+        self.final_metrics: dict[str, Any] | None = None  # the run's counters at its end
         self.done = threading.Event()
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +121,7 @@ class AppRecord:
             "runId": self.run_id,
             "restart": self.policy.restart.value,
             "exit": self.exit.to_dict() if self.exit else None,
+            "metrics": self.final_metrics,
         }
 
 
@@ -219,6 +221,7 @@ class Kernel:
                 return
             rec.exit = info
             rec.state = HostState.FAILED if exit_info.get("failed") else HostState.EXITED
+            rec.final_metrics = exit_info.get("metrics")
         if self.records is not None:
             self.records.ended(app_id, run_id, rec.state.value, exit_info,
                                keep_wanted=self._keep_wanted)
@@ -323,6 +326,10 @@ class Kernel:
         if rec.exit is None and rec.supervisor is not None:
             result = rec.supervisor.stop(grace)
             self.app_exited(app_id, rec.run_id, result)
+        if rec.exit is not None:
+            # The supervisor's own report of this end may be the one recording it, on
+            # another thread: answer once its clean-up (inbox, grants watch) is done.
+            rec.done.wait(10)
         return rec.to_dict()
 
     def wait(self, app_id: str, timeout: float | None = None) -> dict[str, Any]:
