@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from estarter.errors import Busy, EstarterError
-from estarter.kernel.core import Kernel, kernel_db
+from estarter.kernel.core import Kernel
+from estarter.paths import kernel_db
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import serve_call
 from estarter.state import AppRecords

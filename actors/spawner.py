@@ -28,8 +28,7 @@ from typing import Any
 
 from estarter import placement
 from estarter.errors import EstarterError, LaunchError, Unschedulable
-from estarter.hosting.base import ExitReason
-from estarter.kernel.core import lost
+from estarter.hosting.base import ExitReason, lost
 from estarter.placement import NodeView, ResourceRequest
 from estarter.policy import SandboxPolicy
 

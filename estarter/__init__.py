@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .errors import EstarterError
 from .hosting.base import ExitInfo, ExitReason
+from .version import __version__
 
 if TYPE_CHECKING:
     from .runtime import AppHandle, Runtime

@@ -16,10 +16,9 @@ from typing import Any
 
 from . import pydeps
 from .errors import EstarterError
-from .kernel.core import kernel_db
 from .kernel.permissions import PermissionManager
 from .manifest import AppManifest
-from .paths import log_file, state_db
+from .paths import kernel_db, log_file, state_db
 from .state import AppRecords
 from .store import AppStore
 

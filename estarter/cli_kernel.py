@@ -18,11 +18,10 @@ from typing import Annotated, Any
 import typer
 
 from .hosting.applog import one_line
-from .kernel.core import kernel_db
 from .kernel.permissions import PermissionManager
 from .kernel.tokens import TokenStore
 from .kernel.ui import Notifications
-from .paths import default_home, state_db
+from .paths import default_home, kernel_db, state_db
 
 app = typer.Typer(help="Permissions, notifications and socket tokens.", no_args_is_help=True)
 permissions_app = typer.Typer(help="What apps may do: list, grant, revoke, deny, audit.",

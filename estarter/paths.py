@@ -36,6 +36,12 @@ def state_db(home: Path) -> Path:
     return home / "state.db"
 
 
+def kernel_db(home: Path) -> Path:
+    """Registry, notifications and tokens. Not ``state.db``: commits here must not
+    look like grant changes to the permission checks watching that file."""
+    return Path(home) / "kernel.db"
+
+
 def log_file(home: Path, app_id: str) -> Path:
     return home / "logs" / f"{app_id}.log"
 

@@ -51,6 +51,11 @@ class ExitInfo:
         return self.reason not in (ExitReason.EXITED, ExitReason.STOPPED)
 
 
+def lost(reason: ExitReason, detail: str) -> dict[str, Any]:
+    """The exit a kernel records for an app whose supervisor vanished."""
+    return {**ExitInfo(None, reason, detail).to_dict(), "failed": True}
+
+
 # An API call from the app: (method, params) -> a future of the result. The future
 # fails with an EstarterError (sent back to the app as its JSON-RPC error).
 ApiHandler = Callable[[str, Any], "concurrent.futures.Future[Any]"]

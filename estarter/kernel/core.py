@@ -20,8 +20,9 @@ from typing import Any, Protocol
 from .. import pydeps
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
 from ..hosting.applog import level_of, one_line
-from ..hosting.base import ExitInfo, ExitReason, HostState
+from ..hosting.base import ExitInfo, ExitReason, HostState, lost
 from ..manifest import AppManifest, RuntimeKind, load_manifest
+from ..paths import kernel_db
 from ..policy import SandboxPolicy
 from ..state import AppRecords
 from . import recovery, services
@@ -45,12 +46,6 @@ DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
 # Relaunches of one app after node losses (a guard against a cluster losing node
 # after node under it); the next loss ends the app as node_lost.
 MAX_NODE_RELAUNCHES = 5
-
-
-def kernel_db(home: Path) -> Path:
-    """Registry, notifications and tokens. Not ``state.db``: commits here must not
-    look like grant changes to the permission checks watching that file."""
-    return Path(home) / "kernel.db"
 
 
 class SupervisorPort(Protocol):
@@ -564,7 +559,3 @@ class Kernel:
             raise NotFound(f"app {app_id} is not known to this runtime", {"appId": app_id})
         return rec
 
-
-def lost(reason: ExitReason, detail: str) -> dict[str, Any]:
-    """The exit a kernel records for an app whose supervisor vanished."""
-    return {**ExitInfo(None, reason, detail).to_dict(), "failed": True}

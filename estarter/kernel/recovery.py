@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EstarterError
-from ..hosting.base import ExitReason, HostState
+from ..hosting.base import ExitReason, HostState, lost
 from ..policy import SandboxPolicy
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ class Recovery:
 def recover(kernel: Kernel, attach: Attach | None) -> Recovery:
     """Adopt live supervisors and relaunch lost apps per policy. Never raises for one
     app: a failure is logged, kept in the result and in the app's record."""
-    from .core import lost  # core imports this module's caller; avoid a cycle
 
     done = Recovery()
     if kernel.records is None:

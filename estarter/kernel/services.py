@@ -8,7 +8,7 @@ import os
 import platform
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from ..version import __version__
 from . import processes
 from .router import CallContext, opt, req
 
