@@ -25,7 +25,7 @@ from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..paths import kernel_db
 from ..policy import SandboxPolicy
 from ..state import AppRecords
-from . import recovery, services
+from . import processes, recovery, services
 from .events import EventLog
 from .fs_service import VfsService
 from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
@@ -168,7 +168,11 @@ class Kernel:
         self.socket: SocketServer | None = None
         self._serve_socket = serve_socket
         permissions.clear_requests()
-        services.register(self)
+        services.register(self.router, services.Services(
+            node=self.node, clock=clock, events=self.events, app_logs=self.app_logs,
+            notices=self.notices, permissions=permissions, lifecycle=self.lifecycle,
+            registry=self.registry, ipc=self.ipc, clipboard=self.clipboard))
+        processes.register(self.router, self, self.events)
         self.start_services()
 
     # -- the API of apps -------------------------------------------------------

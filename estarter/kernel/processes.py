@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import InvalidParams
-from .router import CallContext, opt, req
+from .events import EventLog
+from .router import CallContext, Router, opt, req
 
-if TYPE_CHECKING:
-    from .core import Kernel
+
+class AppTable(Protocol):
+    """The kernel's app table, as these handlers use it."""
+
+    def launch(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
+               strict: bool | None = None, node: str | None = None) -> dict[str, Any]: ...
+
+    def stop(self, app_id: str, grace: float = 5.0) -> dict[str, Any]: ...
+
+    def list_apps(self) -> list[dict[str, Any]]: ...
+
+    def app_info(self, app_id: str) -> dict[str, Any]: ...
+
+    def system_shutdown(self) -> None: ...
 
 _APP_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TERMINATE_GRACE_SECONDS = 5.0
@@ -32,12 +45,12 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec.get(k) for k in ("appId", "state", "pid", "node", "startedAt")}
 
 
-def register(kernel: Kernel) -> None:
-    add = kernel.router.add
+def register(router: Router, kernel: AppTable, events: EventLog) -> None:
+    add = router.add
 
     def launch(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         rec = kernel.launch(_app_id(p), grants=None, grant_all=False)
-        kernel.events.append("process.launch", ctx.app_id, target=rec["appId"])
+        events.append("process.launch", ctx.app_id, target=rec["appId"])
         return _row(rec)
 
     def terminate(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +60,7 @@ def register(kernel: Kernel) -> None:
 
     def shutdown(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         # Answer first, then stop everything (the caller is among the apps stopped).
-        kernel.events.append("system.shutdown", ctx.app_id)
+        events.append("system.shutdown", ctx.app_id)
         threading.Thread(target=kernel.system_shutdown, daemon=True,
                          name="estarter-system-shutdown").start()
         return {}

@@ -1,32 +1,55 @@
 """The kernel's handlers: system.*, permission.*, ui.*, registry.*, ipc.* (process.*
 in processes.py; fs.* is the VFS service's, fs_service.py). Each handler only
-unpacks params; the class does the work."""
+unpacks params; the class does the work. Handlers get the collaborators they use
+(``Services``), never the whole kernel."""
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..version import __version__
-from . import processes
-from .router import CallContext, opt, req
-
-if TYPE_CHECKING:
-    from .core import Kernel
+from .events import EventLog
+from .grants import PermissionLifecycle
+from .ipc import Ipc
+from .registry import Registry
+from .router import CallContext, Router, opt, req
+from .ui import Clipboard, Notifications
 
 Params = dict[str, Any]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def register(kernel: Kernel) -> None:
-    _register_system(kernel)
-    _register_services(kernel)
-    processes.register(kernel)
+class Grants(Protocol):
+    def granted(self, app_id: str) -> frozenset[str]: ...
 
 
-def _register_system(kernel: Kernel) -> None:
-    add = kernel.router.add
+@dataclass(frozen=True)
+class Services:
+    """What the handlers of this module use."""
+
+    node: str
+    clock: Callable[[], float]
+    events: EventLog
+    app_logs: Callable[[str, list[tuple[str, str]]], None]
+    notices: Notifications
+    permissions: Grants
+    lifecycle: PermissionLifecycle
+    registry: Registry
+    ipc: Ipc
+    clipboard: Clipboard
+
+
+def register(router: Router, services: Services) -> None:
+    _register_system(router, services)
+    _register_services(router, services)
+
+
+def _register_system(router: Router, kernel: Services) -> None:
+    add = router.add
 
     def system_info(c: CallContext, p: Params) -> Any:
         import psutil  # imported here: only system.info needs it
@@ -59,8 +82,8 @@ def _register_system(kernel: Kernel) -> None:
     add("log", log)
 
 
-def _register_services(kernel: Kernel) -> None:
-    add = kernel.router.add
+def _register_services(router: Router, kernel: Services) -> None:
+    add = router.add
     reg, ipc = kernel.registry, kernel.ipc
 
     def reg_set(c: CallContext, p: Params) -> Any:
