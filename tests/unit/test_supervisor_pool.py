@@ -1,0 +1,84 @@
+"""The warm pool of supervisor actors through a fake of ``actors.ray_api``: what
+it creates, hands out, takes back and kills. No Ray is started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors import ray_api
+from actors.spawner import SupervisorPool
+
+
+class FakeMethod:
+    def __init__(self, handle: FakeHandle, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def remote(self, *args: Any) -> tuple[str, str]:
+        self.handle.calls.append(self.name)
+        return (self.handle.name, self.name)
+
+
+class FakeHandle:
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name, self.options, self.calls = name, options, []
+        self.ready = FakeMethod(self, "ready")
+        self.reset = FakeMethod(self, "reset")
+
+
+class FakeRay:
+    def __init__(self) -> None:
+        self.created: list[FakeHandle] = []
+        self.killed: list[str] = []
+
+    def create(self, actor_class: Any, options: dict[str, Any], *args: Any) -> FakeHandle:
+        handle = FakeHandle(f"sup-{len(self.created)}", dict(options))
+        self.created.append(handle)
+        return handle
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRay:
+    ray = FakeRay()
+    monkeypatch.setattr(ray_api, "create", ray.create)
+    monkeypatch.setattr(ray_api, "kill", lambda h, no_restart=True: ray.killed.append(h.name))
+    return ray
+
+
+def test_pool_starts_its_size_ahead_with_the_options_of_the_cluster(fake: FakeRay) -> None:
+    pool = SupervisorPool(2, lambda: {"resources": {"estarter_app_slot": 1.0}})
+    assert [h.name for h in fake.created] == ["sup-0", "sup-1"]
+    assert all(h.options == {"resources": {"estarter_app_slot": 1.0}} for h in fake.created)
+    assert all(h.calls == ["ready"] for h in fake.created)
+    pool.close()
+    assert sorted(fake.killed) == ["sup-0", "sup-1"]
+
+
+def test_take_hands_out_an_idle_one_then_fresh_ones(fake: FakeRay) -> None:
+    pool = SupervisorPool(1)
+    handle, ready, dedicated = pool.take()
+    assert (handle.name, ready, dedicated) == ("sup-0", ("sup-0", "ready"), False)
+    handle2, _, dedicated2 = pool.take()  # none idle (the refill is a second later)
+    assert handle2.name == "sup-1" and dedicated2 is False
+    pool.close()
+
+
+def test_an_app_with_requests_gets_a_dedicated_supervisor(fake: FakeRay) -> None:
+    pool = SupervisorPool(1)
+    handle, _, dedicated = pool.take({"num_cpus": 0.5})
+    assert dedicated is True and handle.options == {"num_cpus": 0.5}
+    assert len(pool._idle) == 1  # the warm one is still there for the next app
+    pool.close()
+
+
+def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
+    pool = SupervisorPool(1)
+    first, _, _ = pool.take()
+    second, _, _ = pool.take()
+    pool.give_back(first)
+    assert first.calls == ["ready", "reset"] and fake.killed == []
+    pool.give_back(second)  # the pool is full again
+    assert fake.killed == [second.name]
+    assert pool.take()[0] is first
+    pool.close()
