@@ -3,6 +3,7 @@ launcher's own checks and the doctor lines. No cgroups touched."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -215,7 +216,7 @@ def test_host_view_of_an_unsandboxed_app_masks_secrets(tmp_path: Path,
     ctx = make_ctx(tmp_path)
     ctx.home.mkdir(parents=True)
     argv = bwrap_argv("/usr/bin/bwrap", make_policy(tmp_path, sandboxed=False), ctx)
-    pairs = list(zip(argv, argv[1:]))
+    pairs = list(itertools.pairwise(argv))
     assert ("--ro-bind", "/etc") in pairs and ("--bind", "/etc") not in pairs
     for fresh in ("/tmp", "/run"):
         assert ("--tmpfs", fresh) in pairs
