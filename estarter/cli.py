@@ -72,6 +72,7 @@ def run(
     from .daemon import reachable, read_runtime
     from .runtime import Runtime
 
+    grants = cli_apps.checked_grants(grant)
     try:
         root = home_of(home)
         info = None if local or address else read_runtime(root)
@@ -82,7 +83,7 @@ def run(
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
-        raise typer.Exit(_run_foreground(rt, path, json_out, grant or [], grant_all, node))
+        raise typer.Exit(_run_foreground(rt, path, json_out, grants, grant_all, node))
     finally:
         rt.shutdown()
 

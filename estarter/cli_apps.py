@@ -50,6 +50,20 @@ def home_of(home: Path | None) -> Path:
     return root
 
 
+def checked_grants(grants: list[str] | None) -> list[str]:
+    """``--grant`` names (permissions, bundles, the original's aliases), checked before
+    anything starts: an unknown one exits 2 with one line."""
+    from . import permissions as names
+
+    for name in grants or []:
+        try:
+            names.normalize(name)
+        except ValueError as exc:
+            raise fail(f"--grant: {exc}; known: {' '.join(names.ALL)}, and the bundles "
+                       f"{' '.join(names.BUNDLES)}") from None
+    return list(grants or [])
+
+
 @contextmanager
 def errors_exit_2() -> Iterator[None]:
     """An EstarterError (bad input, no runtime up, unknown app) exits 2 with one line."""
@@ -89,9 +103,10 @@ def install(source: Annotated[Path, typer.Argument(help="App folder, .app.zip or
     """Install (or upgrade) an app: validated whole before anything lands."""
     from .apps import install as do_install
 
+    grants = checked_grants(grant)
     root = home_of(home)
     with errors_exit_2(), err.status(f"installing {source.name}", spinner="dots"):
-        row = do_install(root, source, grant or [], grant_all)
+        row = do_install(root, source, grants, grant_all)
     emit(row, as_json, lambda: out.print(
         f"installed {row['appId']} {row['version']}; granted: "
         f"{' '.join(row['granted']) or '-'}", markup=False))
@@ -145,8 +160,9 @@ def start(app: Annotated[str, typer.Argument(help="Installed id, folder or packa
           grant: GrantOpt = None, grant_all: GrantAllOpt = False, home: HomeOpt = None,
           as_json: JsonOpt = False, node: NodeOpt = None) -> None:
     """Start an app on the runtime that is up."""
+    grants = checked_grants(grant)
     with connected(home) as rt:
-        rec = rt.launch(app, grants=grant or [], grant_all=grant_all, node=node).record
+        rec = rt.launch(app, grants=grants, grant_all=grant_all, node=node).record
     emit(rec, as_json, lambda: out.print(f"{rec['appId']}: {rec['state']}", markup=False))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import permissions as names
+from ..errors import InvalidParams
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
@@ -271,7 +272,10 @@ class PermissionManager:
     def _set(self, app_id: str, perms: Iterable[str], state: str, by: str) -> frozenset[str]:
         expanded: set[str] = set()
         for name in perms:
-            expanded |= names.normalize(name)
+            try:
+                expanded |= names.normalize(name)
+            except ValueError as exc:  # bad input from a caller, not a bug here
+                raise InvalidParams(str(exc), {"permission": name}) from None
         now = self._clock()
         with self._lock, self._tx():
             self._db.executemany(

@@ -102,6 +102,12 @@ def test_hostile_zip_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) ->
     ["stop", "anything"],
     ["ps"],
     ["install", "/tmp", "--grant", "no.such.permission"],
+    # Every flag that names a permission, checked before anything starts (no Ray here).
+    ["run", "--local", "/tmp", "--grant", "bogus.perm"],
+    ["run", "/tmp", "--grant", "bogus.perm"],
+    ["run", "/tmp", "--grant", "fs.read", "--grant", "bogus"],
+    ["start", "anything", "--grant", "bogus"],
+    ["install", "/tmp", "--grant", "bogus"],
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
     one_error_line(run(tmp_path / "home", *args))
