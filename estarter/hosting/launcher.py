@@ -31,6 +31,8 @@ Spec keys (all optional):
   user: [uid, gid]        drop to this user (no supplementary groups)
   seccomp_fd: int         read a seccomp BPF program (struct sock_filter[]) from this
                           fd to its end and install it, last before the exec
+Before the exec (always): every signal disposition back to SIG_DFL, but SIGXFSZ when
+RLIMIT_FSIZE is set, and an empty signal mask, whatever estarter inherited.
 Exit codes: 121 spec error, 122 set-up failed, 127 exec failed (message on stderr).
 """
 
@@ -199,8 +201,25 @@ def apply(spec: dict) -> None:
             os.setuid(uid)
         except OSError as exc:
             _fail(122, f"cannot become uid {uid}: {exc.strerror}")
+    reset_signals(keep_xfsz="RLIMIT_FSIZE" in spec.get("rlimits", {}))
     if spec.get("seccomp_fd") is not None:
         _install_seccomp(libc, int(spec["seccomp_fd"]))
+
+
+def reset_signals(keep_xfsz: bool) -> None:
+    """What estarter inherited must not reach the app: SIG_IGN for SIGINT
+    (``estarter run ... &`` from a script), a blocked mask. exec keeps both, and this
+    interpreter ignores SIGPIPE and SIGXFSZ itself. Every disposition back to
+    SIG_DFL (SIGXFSZ stays ignored under RLIMIT_FSIZE: a write past it fails with
+    EFBIG) and an empty mask."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or (keep_xfsz and sig == signal.SIGXFSZ):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue  # a signal the C library keeps for itself
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 class _SockFprog(ctypes.Structure):

@@ -24,6 +24,9 @@
  * exports it) from FD to its end and install it, the last step before the exec
  * (it needs --no-new-privs once the user is dropped).
  *
+ * Before the exec, every signal disposition is reset to SIG_DFL (but SIGXFSZ under
+ * an RLIMIT_FSIZE) and the signal mask emptied, whatever estarter inherited.
+ *
  * Exit codes: 121 usage error, 122 set-up failed, 127 exec failed.
  */
 #define _GNU_SOURCE
@@ -283,6 +286,28 @@ static void guard(pid_t supervisor) {
     _exit(0);
 }
 
+/* What estarter inherited must not reach the app: SIG_IGN for SIGINT and SIGQUIT
+ * (`estarter run ... &` from a script, nohup), a blocked mask (some Ray workers,
+ * service managers). exec keeps both, so an app would never see the signals its
+ * shutdown relies on. Every disposition back to SIG_DFL, except SIGXFSZ under
+ * RLIMIT_FSIZE (ignored on purpose: a write past it fails with EFBIG), and an empty
+ * mask. sigaction fails (EINVAL) for the signals glibc keeps for itself: fine. */
+static void reset_signals(void) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP || (sig == SIGXFSZ && opt.fsize_limited))
+            continue;
+        sigaction(sig, &dfl, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
+        fail(122, "sigprocmask: %s", strerror(errno));
+}
+
 /* Reads the program from fd to its end, closes fd, installs the filter. */
 static void install_seccomp(int fd) {
     static struct sock_filter prog[BPF_MAXINSNS + 1];
@@ -350,6 +375,7 @@ int main(int argc, char **argv) {
         if (setgroups(0, NULL) != 0 || setgid((gid_t)opt.gid) != 0 || setuid((uid_t)opt.uid) != 0)
             fail(122, "cannot become uid %ld: %s", opt.uid, strerror(errno));
     }
+    reset_signals();
     if (opt.seccomp_fd >= 0) install_seccomp(opt.seccomp_fd);
     execvp(argv[first], argv + first);
     fail(127, "cannot run %s: %s", argv[first], strerror(errno));
