@@ -99,7 +99,7 @@ class RayKernelPort:
         ray_api.tell(self.kernel.app_running, app_id, run_id,
                      {**info, "actorName": self.actor_name})
 
-    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
+    def logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
         ray_api.tell(self.kernel.app_logs, app_id, lines)
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ class LocalKernelPort:
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         self.kernel.app_running(app_id, run_id, info)
 
-    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
+    def logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
         self.kernel.app_logs(app_id, lines)
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:

@@ -79,6 +79,9 @@ class AppManifest(BaseModel):
     disk_quota_mb: int = Field(default=100, ge=0, le=1024 * 1024)
     # RLIMIT_NOFILE of a native app (soft = hard); 1024 is the usual soft default.
     max_open_files: int = Field(default=DEFAULT_MAX_OPEN_FILES, ge=16, le=1024 * 1024)
+    # Lines a second the app may log (stdout, stderr, log calls together), burst 2.5 s
+    # of it; the runtime caps it (ESTARTER_LOG_LINES_PER_SECOND_CAP, applog.line_rate).
+    log_lines_per_second: int = Field(default=2000, ge=1, le=20000)
     restart: RestartPolicy = RestartPolicy.NEVER
     sandboxed: bool = True
     # Display-only keys of the original program, accepted and kept.

@@ -42,6 +42,7 @@ class SandboxPolicy:
     strict: bool = False  # refuse to launch when a limit cannot be applied
     max_open_files: int = DEFAULT_MAX_OPEN_FILES  # RLIMIT_NOFILE of a native app
     version: str = "0.1.0"
+    log_lines_per_second: int = 2000  # the app's log budget, capped by the runtime
     extra_env: tuple[tuple[str, str], ...] = field(default=())
     # A python app's own dependencies (its requirements.txt, installed by pip):
     # bound read-only into the sandbox and put on its sys.path (pydeps.py).
@@ -77,6 +78,7 @@ class SandboxPolicy:
             sandboxed=manifest.sandboxed,
             strict=strict,
             version=manifest.version,
+            log_lines_per_second=manifest.log_lines_per_second,
         )
 
     def with_grants(self, granted: frozenset[str]) -> SandboxPolicy:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import Busy, EstarterError, RuntimeClosed
-from .hosting.applog import level_of, one_line
+from .hosting.applog import STREAMS, level_of, one_line
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
 from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS
@@ -43,7 +43,9 @@ class KernelPort(Protocol):
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None: ...
 
-    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None: ...
+    def logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
+        """(level, message, stream) lines of the app's log, in order."""
+        ...
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None: ...
 
@@ -107,6 +109,11 @@ def start_timer(delay: float, action: Callable[[], None]) -> Cancellable:
     return timer
 
 
+# One line of an app's log file: time, level, stream (applog.STREAMS), message.
+# ``logs.py`` parses it back; lines of older files have no stream.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(stream)s %(message)s"
+
+
 class _AppLog:
     """The app's log: a size-capped rotating file, plus a bounded buffer to the kernel."""
 
@@ -114,26 +121,28 @@ class _AppLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self._logger = logging.Logger(f"estarter.app.{app_id}")
         self._logger.addHandler(self._handler)
-        self._pending: collections.deque[tuple[str, str]] = collections.deque(
+        self._pending: collections.deque[tuple[str, str, str]] = collections.deque(
             maxlen=LOG_BUFFER_LINES)
         self._lock = threading.Lock()
 
-    def write(self, level: str, message: str) -> None:
+    def write(self, level: str, message: str, stream: str = "estarter") -> None:
         """One line in the file and the kernel's buffer, whatever ``message`` holds:
-        the level is one of four, the text cut and escaped (``applog.one_line``)."""
+        the level is one of four, the text cut and escaped (``applog.one_line``);
+        ``stream`` says where it came from (the runtime's own lines by default)."""
         level, message = level_of(level), one_line(message)
-        self._logger.log(_LEVELS[level], message)
+        stream = stream if stream in STREAMS else "app"
+        self._logger.log(_LEVELS[level], message, extra={"stream": stream})
         with self._lock:
-            self._pending.append((level, message))
+            self._pending.append((level, message, stream))
 
     @property
     def pending(self) -> bool:
         return bool(self._pending)
 
-    def take(self) -> list[tuple[str, str]]:
+    def take(self) -> list[tuple[str, str, str]]:
         with self._lock:
             lines = list(self._pending)
             self._pending.clear()
@@ -261,7 +270,8 @@ class Supervisor:
             path.mkdir(parents=True, exist_ok=True)
         ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
                           home=self.home, appdata=zones["appdata"], zones=zones,
-                          blocked_addresses=self.blocked_addresses)
+                          blocked_addresses=self.blocked_addresses,
+                          tagged_log=self._log.write)
         host = self._factory(self.policy, ctx)
         with self._lock:
             self._host = host
@@ -272,14 +282,18 @@ class Supervisor:
             host.stop(0)
             return
         if host.state is HostState.RUNNING:
+            # The run's start marker: what a reader of the log needs to tell runs apart.
+            again = f", restart {self._total_restarts}" if self._total_restarts else ""
+            self._log.write("info", f"app started: run {self.run_id}{again}, version "
+                                    f"{self.policy.version}, pid {host.pid}, node {self.node}")
             self.kernel.running(self.app_id, self.run_id,
                                 {"pid": host.pid, "node": self.node})
 
     def _on_exit(self, info: ExitInfo) -> None:
         """Runs on the host's thread when the app ends: one supervision step."""
         level = "info" if info.reason in (ExitReason.EXITED, ExitReason.STOPPED) else "error"
-        self._log.write(level, f"app ended: {info.reason.value} "
-                               f"(code {info.code}){': ' + info.detail if info.detail else ''}")
+        self._log.write(level, f"app ended: {info.reason.value} (code {info.code}), run "
+                               f"{self.run_id}{': ' + info.detail if info.detail else ''}")
         decision = self._decide(info)
         if decision is None:
             self._finalize(info)
@@ -350,7 +364,8 @@ class Supervisor:
         if method == "log" and isinstance(params, dict):
             # Served here: a log line needs no kernel round trip of its own.
             fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            self._log.write(level_of(params.get("level")), one_line(params.get("message", "")))
+            self._log.write(level_of(params.get("level")), one_line(params.get("message", "")),
+                            "app")
             fut.set_result(None)
             return fut
         if self._log.pending:

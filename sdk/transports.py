@@ -7,6 +7,7 @@ A transport moves whole JSON-RPC messages: ``send(obj)`` (thread-safe),
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ from sdk._wire import FrameDecoder, encode_frame
 from sdk.errors import ApiError, ConnectionClosedError
 
 _CHUNK = 64 * 1024
+_LINE = 8192  # bytes of one forwarded stdout line; longer ones are cut (the host cuts too)
 
 
 class Transport(Protocol):
@@ -96,34 +98,96 @@ class StdioTransport(_FramedTransport):
     """Hosted mode: the protocol runs over the process's original stdin and stdout.
 
     With ``protect=True`` (the default) it takes the real fds 0 and 1 for itself:
-    fd 1 and ``sys.stdout`` then go to stderr and fd 0 and ``sys.stdin`` read
-    /dev/null, so a stray ``print()``, C-level write or ``input()`` cannot corrupt
-    the channel. Output still buffered in ``sys.stdout`` goes to stderr too.
-    Connect early: bytes already written to fd 1 before are beyond help.
+    fd 0 and ``sys.stdin`` then read /dev/null, and fd 1 becomes a pipe whose lines a
+    thread forwards as ``log`` notifications with ``"stream": "stdout"``, so a stray
+    ``print()``, C-level write or child process's output cannot corrupt the channel
+    and still reaches the app's log as stdout. Output still buffered in
+    ``sys.stdout`` goes the same way; ``sys.stdout`` is line-buffered from then on.
+    ``close`` (and interpreter exit) forwards what was printed before it, waiting at
+    most ``DRAIN_SECONDS`` (a child process may still hold the pipe).
     """
+
+    DRAIN_SECONDS = 1.0
 
     def __init__(self, protect: bool = True) -> None:
         super().__init__()
-        if protect:
-            self._in = os.dup(0)
-            self._out = os.dup(1)
-            os.dup2(2, 1)
-            # Flushed only now, so what the app printed before connecting goes to
-            # stderr too rather than ahead of the first frame.
-            if sys.stdout is not None:
-                sys.stdout.flush()
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.close(devnull)
-            # The old objects keep working (their fds now lead elsewhere), but
-            # sharing stderr's object keeps prints and errors in order.
-            sys.stdout = sys.stderr
-            sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as sys.stdin
-        else:
-            self._in = os.dup(0)
-            self._out = os.dup(1)
+        self._in = os.dup(0)
+        self._out = os.dup(1)
         os.set_inheritable(self._in, False)
         os.set_inheritable(self._out, False)
+        self._forwarder: threading.Thread | None = None
+        if protect:
+            self._protect()
+
+    def _protect(self) -> None:
+        # A line break first: bytes the app wrote to fd 1 without one before
+        # connecting would otherwise run into our first frame's header (the host
+        # reads text between frames line by line, and skips empty lines).
+        os.write(self._out, b"\n")
+        read_end, write_end = os.pipe()
+        os.set_inheritable(read_end, False)
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as sys.stdin
+        self._forwarder = threading.Thread(target=self._forward_stdout, args=(read_end,),
+                                           name="estarter-stdout", daemon=True)
+        self._forwarder.start()
+        if sys.stdout is not None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()  # what was printed before connecting: now fd 1, the pipe
+                reconfigure = getattr(sys.stdout, "reconfigure", None)
+                if reconfigure is not None:
+                    reconfigure(line_buffering=True)
+        atexit.register(self._drain_stdout)
+
+    def _forward_stdout(self, fd: int) -> None:
+        """Lines written to fd 1 -> ``log`` notifications (stream stdout); after the
+        channel closed, to stderr. Lines are cut at ``_LINE`` bytes."""
+        pending = b""
+        try:
+            while True:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                if len(pending) >= _LINE:
+                    lines.append(pending)
+                    pending = b""
+                for line in lines:
+                    self._forward_line(line)
+            if pending:
+                self._forward_line(pending)
+        finally:
+            os.close(fd)
+
+    def _forward_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        try:
+            self.send({"jsonrpc": "2.0", "method": "log",
+                       "params": {"level": "info", "message": text, "stream": "stdout"}})
+        except ConnectionClosedError:
+            with contextlib.suppress(OSError):
+                os.write(2, line + b"\n")
+
+    def _drain_stdout(self) -> None:
+        """Forward what was printed so far: end the pipe (fd 1 goes to stderr from
+        now on) and wait for the forwarder, at most ``DRAIN_SECONDS``. Idempotent."""
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is None:
+            return
+        with contextlib.suppress(Exception):
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        with contextlib.suppress(OSError):
+            os.dup2(2, 1)
+        forwarder.join(self.DRAIN_SECONDS)
 
     def _read(self) -> bytes:
         return os.read(self._in, _CHUNK)

@@ -61,6 +61,8 @@ def lost(reason: ExitReason, detail: str) -> dict[str, Any]:
 ApiHandler = Callable[[str, Any], "concurrent.futures.Future[Any]"]
 # A log line of the app: (level, message). Levels: debug info warning error.
 LogSink = Callable[[str, str], None]
+# The same with the line's stream: stdout stderr app estarter (see applog.STREAMS).
+TaggedLogSink = Callable[[str, str, str], None]
 ExitCallback = Callable[[ExitInfo], None]
 
 
@@ -78,6 +80,8 @@ class HostContext:
     # Unreachable for an app with network, besides this node's own addresses (found
     # at launch): addresses or networks, e.g. the other Ray nodes'.
     blocked_addresses: tuple[str, ...] = ()
+    # Where the app's own text goes with its stream; None: to ``log``, untagged.
+    tagged_log: TaggedLogSink | None = None
 
 
 @runtime_checkable

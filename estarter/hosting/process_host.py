@@ -3,10 +3,13 @@
 Threads, each with one job, so nothing the app does can block the owner:
 - ``owner``: spawns the child (so PDEATHSIG is tied to a thread that lives exactly
   as long as the child), waits for it, and is the only caller of ``wait``;
-- ``reader``: stdout -> frames -> endpoint (requests go to ``ctx.api``);
-- ``stderr``: stderr lines -> ``ctx.log``, rate limited, dropped lines counted;
-  ``log`` notifications share that budget (``applog.BoundedLog``: every field
-  capped, one message one line), so neither path grows with what the app sends;
+- ``reader``: stdout -> frames -> endpoint (requests go to ``ctx.api``); bytes
+  between frames that do not begin a frame header are app text, logged as
+  ``stdout`` (``StdoutSplitter``);
+- ``stderr``: stderr lines -> the log as ``stderr``, rate limited, dropped lines
+  counted; stdout text and ``log`` notifications share that budget
+  (``applog.BoundedLog``: every field capped, one message one line), so no path
+  grows with what the app sends;
 - ``writer``: a bounded queue -> stdin, so an app that never reads its stdin
   stalls only this thread.
 """
@@ -26,9 +29,9 @@ from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
 from ..manifest import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
-from ..protocol.framing import FrameDecoder, FramingError, encode_frame
+from ..protocol.framing import FramingError, StdoutSplitter, encode_frame
 from . import limits, python_app
-from .applog import LOG_LINE_MAX, BoundedLog
+from .applog import LOG_LINE_MAX, BoundedLog, line_rate, tagged
 from .base import ExitInfo, ExitReason, HostContext, HostState
 from .budget import release_big_allocations
 from .limits.rlimits import wait_with_usage
@@ -104,7 +107,8 @@ class ProcessHost:
         self._out_bytes = 0
         self._stdin_fd: int | None = None  # set while direct writes are possible
         self._dropped_notifications = 0
-        self._app_log = BoundedLog(ctx.log)
+        self._app_log = BoundedLog(tagged(ctx),
+                                   line_rate=line_rate(policy.log_lines_per_second))
         release_big_allocations()  # what a 16 MiB message took goes back after it
         self._started_at: float | None = None
         self._deadline_timer: threading.Timer | None = None
@@ -198,6 +202,7 @@ class ProcessHost:
                 "pendingOutBytes": self._out_bytes,
                 "droppedNotifications": self._dropped_notifications,
                 "droppedLogLines": self._app_log.dropped,
+                "logLinesPerSecond": self._app_log.lines_per_second,
             },
             "exit": self._exit.to_dict() if self._exit else None,
         }
@@ -312,15 +317,18 @@ class ProcessHost:
     def _read_stdout(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
-        decoder = FrameDecoder(max_size=self._max_message)
+        splitter = StdoutSplitter(max_size=self._max_message, max_line=LOG_LINE_MAX)
         for data in _chunks(proc.stdout.fileno()):
             if self._end_cause is not None and self._end_cause[0] is ExitReason.PROTOCOL_VIOLATION:
                 continue  # drain until the kill lands
             try:
-                bodies = decoder.feed(data)
+                bodies, text = splitter.feed(data)
             except FramingError as exc:
                 self._end(ExitReason.PROTOCOL_VIOLATION, str(exc))
                 continue
+            for line in text:
+                if line:  # the SDK writes one line break ahead of its first frame
+                    self._app_log.line("info", line, "stdout")
             for body in bodies:
                 self.endpoint.receive(body)
                 if self.endpoint.statistics().malformed > MAX_MALFORMED:
@@ -328,6 +336,8 @@ class ProcessHost:
                     self._end(ExitReason.PROTOCOL_VIOLATION,
                               f"more than {MAX_MALFORMED} malformed messages")
                     break
+        for line in splitter.finish():
+            self._app_log.line("info", line, "stdout")
 
     def _read_stderr(self) -> None:
         proc = self._proc
@@ -340,9 +350,9 @@ class ProcessHost:
                 lines.append(pending[:LOG_LINE_MAX])
                 pending = b""
             for line in lines:
-                self._app_log.line("info", line.rstrip(b"\r"))
+                self._app_log.line("info", line.rstrip(b"\r"), "stderr")
         if pending:
-            self._app_log.line("info", pending)
+            self._app_log.line("info", pending, "stderr")
 
     def _write_stdin(self) -> None:
         proc = self._proc
@@ -405,6 +415,8 @@ class ProcessHost:
             # Served here, under the stderr budget: a log line costs the kernel
             # nothing until it passes, and no field of it is bigger than a line.
             p = params if isinstance(params, dict) else {}
-            self._app_log.line(p.get("level", "info"), p.get("message", ""))
+            # The SDK forwards a hosted app's stray print() output as stream "stdout".
+            stream = "stdout" if p.get("stream") == "stdout" else "app"
+            self._app_log.line(p.get("level", "info"), p.get("message", ""), stream)
             return None
         return self.ctx.api(method, params)

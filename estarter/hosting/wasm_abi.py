@@ -98,8 +98,8 @@ SIGNATURES: dict[str, wasmtime.FuncType] = {
 class LineSplitter:
     """A WASI stdout/stderr stream cut into lines for a BoundedLog (one per stream)."""
 
-    def __init__(self, log: BoundedLog, level: str) -> None:
-        self._log, self._level = log, level
+    def __init__(self, log: BoundedLog, level: str, stream: str) -> None:
+        self._log, self._level, self._stream = log, level, stream
         self._buf = bytearray()
 
     def write(self, data: bytes) -> None:
@@ -120,7 +120,7 @@ class LineSplitter:
             self._buf.clear()
 
     def _emit(self, raw: bytes) -> None:
-        self._log.line(self._level, raw.decode("utf-8", "replace").rstrip("\r"))
+        self._log.line(self._level, raw.decode("utf-8", "replace").rstrip("\r"), self._stream)
 
 
 class GuestAbi:

@@ -43,6 +43,7 @@ from wasmtime import _bindings as wasmtime_bindings
 
 from ..errors import LaunchError, RuntimeClosed
 from ..policy import SandboxPolicy
+from .applog import line_rate, tagged
 from .base import ExitInfo, ExitReason, HostContext, HostState
 from .wasm_abi import MODULE, SIGNATURES, BoundedLog, GuestAbi, LineSplitter, instance_pre
 from .wasm_cache import ModuleCache, ModuleInfo, describe_functype, shared_engine
@@ -114,7 +115,7 @@ class WasmAppHost:
         self.policy = policy
         self._ctx = ctx
         self._cache = cache or ModuleCache(ctx.home / "cache" / "wasm")
-        self._log = BoundedLog(ctx.log)
+        self._log = BoundedLog(tagged(ctx), line_rate=line_rate(policy.log_lines_per_second))
         self._stopping = threading.Event()
         self._abi = GuestAbi(ctx.api, self._log, self._stopping, api_timeout)
         self._lock = threading.Lock()
@@ -326,8 +327,8 @@ class WasmAppHost:
             if key.startswith("ESTARTER_") and key not in env:
                 env[key] = value
         wasi.env = list(env.items())
-        self._stdout = LineSplitter(self._log, "info")
-        self._stderr = LineSplitter(self._log, "warning")
+        self._stdout = LineSplitter(self._log, "info", "stdout")
+        self._stderr = LineSplitter(self._log, "warning", "stderr")
         wasi.stdout_custom = self._stdout.write
         wasi.stderr_custom = self._stderr.write
         mode = self._fs_mode()
@@ -381,7 +382,7 @@ class WasmAppHost:
             return ExitInfo(code, self._interrupt, self._interrupt_detail)
         if trap is not None:
             text = str(trap).strip()
-            self._log.line("error", f"trap: {text}")
+            self._log.line("error", f"trap: {text}", "estarter")
             return ExitInfo(None, ExitReason.CRASHED, f"trap: {_first_cause(text)}")
         if code == 0:
             return ExitInfo(0, ExitReason.EXITED)
@@ -396,7 +397,7 @@ class WasmAppHost:
         try:
             self._ctx.on_exit(info)
         except Exception as exc:  # the owner's bug must not hide the exit
-            self._log.line("error", f"on_exit failed: {exc!r}")
+            self._log.line("error", f"on_exit failed: {exc!r}", "estarter")
         finally:
             self._done.set()
 

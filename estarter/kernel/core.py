@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .. import pydeps
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
-from ..hosting.applog import level_of, one_line
+from ..hosting.applog import STREAMS, level_of, one_line
 from ..hosting.base import ExitInfo, ExitReason, HostState, lost
 from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..paths import kernel_db
@@ -190,10 +190,13 @@ class Kernel:
 
     # -- supervisors report here -----------------------------------------------
 
-    def app_logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
-        # Supervisors cap and escape already; held here too, as this is what we keep.
-        for level, message in lines:
-            self.events.append("log", app_id, level=level_of(level), message=one_line(message))
+    def app_logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
+        """(level, message, stream) lines; a supervisor of an older version sends no
+        stream. Supervisors cap and escape already; held here too, as this is what we keep."""
+        for level, message, *rest in lines:
+            stream = rest[0] if rest and rest[0] in STREAMS else "app"
+            self.events.append("log", app_id, level=level_of(level), stream=stream,
+                               message=one_line(message))
 
     def app_running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ class Services:
     node: str
     clock: Callable[[], float]
     events: EventLog
-    app_logs: Callable[[str, list[tuple[str, str]]], None]
+    app_logs: Callable[[str, list[tuple[str, str, str]]], None]
     notices: Notifications
     permissions: Grants
     lifecycle: PermissionLifecycle
@@ -68,7 +68,7 @@ def _register_system(router: Router, kernel: Services) -> None:
     def log(c: CallContext, p: Params) -> None:
         level = opt(p, "level", str, "info")
         kernel.app_logs(c.app_id, [(level if level in LOG_LEVELS else "info",
-                                    req(p, "message")[:8192])])
+                                    req(p, "message")[:8192], "app")])
 
     add("system.ping", lambda c, p: {"pong": True, "time": kernel.clock()})
     add("system.time", lambda c, p: {"unixMs": int(kernel.clock() * 1000)})

@@ -38,18 +38,21 @@ def test_levels_are_an_enum_and_text_is_one_escaped_line() -> None:
 def test_bounded_log_caps_fields_and_counts_drops() -> None:
     got: list[tuple[str, str]] = []
     now = [0.0]
-    log = BoundedLog(lambda level, text: got.append((level, text)), rate=1000, burst=10_000,
-                     clock=lambda: now[0], line_rate=10, line_burst=20)
+    log = BoundedLog(lambda level, text, stream: got.append((level, text)), rate=1000,
+                     burst=10_000, clock=lambda: now[0], line_rate=10, line_burst=20)
     for _ in range(100):
         log.line("L" * (8 << 20), "m" * (8 << 20))
-    # 10,000 bytes of budget: one capped line (8 KiB) passes, the rest are counted.
-    assert len(got) == 1 and got[0][0] == "info" and len(got[0][1]) <= LOG_LINE_MAX + 6
+    # 10,000 bytes of budget: one capped line (8 KiB) passes, the rest are counted;
+    # the first drop is reported at once (the flood is still on), the rest wait a second.
+    assert len(got) == 2 and got[0][0] == "info" and len(got[0][1]) <= LOG_LINE_MAX + 6
+    assert got[1] == ("warning", "[1 log lines dropped: over 10 lines/s or 1000 bytes/s; "
+                                 "1 in all]")
     assert log.dropped == 99
     for _ in range(50):
         log.line("info", "short")
-    now[0] += 100.0  # refilled: the drop is reported once, then lines pass again
+    now[0] += 100.0  # refilled: the rest of the drop is reported once, then lines pass
     log.line("error", "after")
-    assert got[-2][1].startswith("[") and "log lines dropped" in got[-2][1]
+    assert got[-2][1].startswith("[129 log lines dropped") and "130 in all" in got[-2][1]
     assert got[-1] == ("error", "after")
     assert all(level in LEVELS for level, _ in got)
 

@@ -44,7 +44,7 @@ def test_every_key_round_trips_in_camel_case() -> None:
         "permissions": ["fs.read", "fs.write", "admin"], "memoryLimitMb": 64,
         "maxProcesses": 8, "cpuQuota": 50, "networkAllowed": True,
         "maxRuntimeSeconds": 1.5, "diskQuotaMb": 10, "maxOpenFiles": 4096,
-        "restart": "on-failure",
+        "logLinesPerSecond": 500, "restart": "on-failure",
         "sandboxed": False, "tileSize": "wide", "background": "#fff",
         "minApiVersion": "1.0", "exePath": "app.exe",
     }
@@ -78,6 +78,8 @@ def test_arguments_alias_and_original_permission_names() -> None:
         ({"memoryLimitMb": -1}, "memoryLimitMb"),
         ({"memoryLimitMb": "64"}, "memoryLimitMb"),
         ({"maxProcesses": -2}, "maxProcesses"),
+        ({"logLinesPerSecond": 0}, "logLinesPerSecond"),
+        ({"logLinesPerSecond": 20001}, "logLinesPerSecond"),
         ({"cpuQuota": -5}, "cpuQuota"),
         ({"cpuQuota": 100000}, "cpuQuota"),
         ({"networkAllowed": "yes"}, "networkAllowed"),

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import sdk
+from estarter.protocol.framing import StdoutSplitter
 from sdk import (
     ApiError,
     ApiTimeoutError,
@@ -61,19 +62,26 @@ class PairTransport(_FramedTransport):
 
 
 class FakeHost:
-    """The host's end of a framed byte stream: a thread queues what the app sends."""
+    """The host's end of a framed byte stream: a thread queues what the app sends
+    (frames, in order); text between frames goes to ``text``, as a real host logs it."""
 
     def __init__(self, rfile: Any, write: Any) -> None:
         self._write = write
         self.inbox: queue.Queue[Any] = queue.Queue()
+        self.text: list[bytes] = []
         self._rfile = rfile
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
+        splitter = StdoutSplitter()
         try:
-            while (body := read_frame(self._rfile)) is not None:
-                self.inbox.put(json.loads(body))
+            while data := self._rfile.read1(65536):
+                bodies, text = splitter.feed(data)
+                self.text.extend(line for line in text if line)
+                for body in bodies:
+                    self.inbox.put(json.loads(body))
+            self.text.extend(splitter.finish())
         except (OSError, ValueError) as exc:
             self.inbox.put(exc)
         self.inbox.put(None)
@@ -370,21 +378,53 @@ def test_stray_prints_never_reach_the_channel() -> None:
         "sys.__stdout__.write('garbage via __stdout__\\n')\n"
         "reply = client.system.ping()\n"
         "client.log('info', repr(reply))\n"
+        "print('garbage at the end')\n"
         "client.close()\n"
+        "print('garbage after close')\n"
     )
     proc, host = _spawn_hosted(code, unbuffered=False)
     try:
-        ping = host.next()
-        assert isinstance(ping, dict) and ping["method"] == "system.ping"
-        host.answer(ping, {"pong": True, "time": 5})
-        assert host.next() == {"jsonrpc": "2.0", "method": "log",
-                               "params": {"level": "info",
-                                          "message": "{'pong': True, 'time': 5}"}}
-        assert host.next() is None  # end of stream, never a bad frame
+        # The forwarder thread and the main thread write frames concurrently: the
+        # stdout lines keep their order among themselves, not relative to the ping.
+        stdout: list[str] = []
+        others: list[Any] = []
+        while (msg := host.next()) is not None:
+            assert isinstance(msg, dict), msg  # never a bad frame
+            if msg.get("method") == "system.ping":
+                host.answer(msg, {"pong": True, "time": 5})
+            elif msg.get("params", {}).get("stream") == "stdout":
+                assert msg["method"] == "log" and msg["params"]["level"] == "info"
+                stdout.append(msg["params"]["message"])
+            else:
+                others.append(msg)
+        assert stdout == [f"garbage {w}" for w in (
+            "before connect", "from print", "from fd 1", "via __stdout__", "at the end")]
+        assert others == [{"jsonrpc": "2.0", "method": "log",
+                           "params": {"level": "info",
+                                      "message": "{'pong': True, 'time': 5}"}}]
+        assert host.text == []  # nothing but the SDK's one line break outside frames
         assert proc.wait(timeout=TIMEOUT) == 0
         err = proc.stderr.read()  # type: ignore[union-attr]
-        for line in (b"before connect", b"from print", b"from fd 1", b"via __stdout__"):
-            assert b"garbage " + line in err
+        assert b"garbage after close" in err  # the channel is gone: to stderr
+    finally:
+        _reap(proc)
+
+
+def test_text_before_connect_stays_apart_from_the_first_frame() -> None:
+    code = (
+        "import os\n"
+        "os.write(1, b'no line end')\n"  # raw bytes, no newline, before connecting
+        "import sdk\n"
+        "client = sdk.connect()\n"
+        "client.log('info', 'ready')\n"
+        "client.close()\n"
+    )
+    proc, host = _spawn_hosted(code)
+    try:
+        assert host.next()["params"]["message"] == "ready"
+        assert host.next() is None
+        assert host.text == [b"no line end"]
+        assert proc.wait(timeout=TIMEOUT) == 0
     finally:
         _reap(proc)
 

@@ -555,12 +555,12 @@ def test_corrupt_or_foreign_entry_is_rebuilt(tmp_path: Path, damage: str) -> Non
 def test_log_volume_is_bounded() -> None:
     lines: list[tuple[str, str]] = []
     now = [0.0]
-    log = BoundedLog(lambda level, msg: lines.append((level, msg)), rate=100, burst=1000,
-                     clock=lambda: now[0])
+    log = BoundedLog(lambda level, msg, stream: lines.append((level, msg)), rate=100,
+                     burst=1000, clock=lambda: now[0])
     for _ in range(1000):
         log.line("info", "x" * 99)
-    assert len(lines) == 10
+    assert len(lines) == 11 and lines[-1][1].startswith("[1 log lines dropped")
     now[0] += 10.0
     log.line("info", "after")
-    assert lines[-2][1].startswith("[990 log lines dropped")
+    assert lines[-2][1].startswith("[989 log lines dropped")
     assert lines[-1] == ("info", "after")
