@@ -5,7 +5,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-SYSTEM_PACKAGES := bubblewrap slirp4netns clang lld wasi-libc libclang-rt-dev-wasm32
+SYSTEM_PACKAGES := bubblewrap slirp4netns clang lld wasi-libc libclang-rt-dev-wasm32 \
+	chromium chromium-driver
 
 .PHONY: setup system-packages demo test lint typecheck pytest bench clean
 
@@ -21,7 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m estarter.hosting.spawn  # build the C launcher (else: built on first use)
 	touch $(STAMP)
 
-# Debian packages the sandbox and the wasm samples need; installed only when missing.
+# Debian packages the sandbox, the wasm samples and the console's browser test need;
+# installed only when missing.
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -266,6 +266,20 @@ def call_retrying(method: Any, args: tuple[Any, ...], retry_for: float,
             sleep(interval)
 
 
+def metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...],
+           boundaries: list[float] | None = None) -> Any:
+    """A ``ray.util.metrics`` Counter, Gauge or Histogram: Ray's metrics agent exports
+    it (Prometheus format on each node's metrics port, and the Ray dashboard)."""
+    from ray.util import metrics
+
+    if kind == "counter":
+        return metrics.Counter(name, description, tag_keys=tag_keys)
+    if kind == "gauge":
+        return metrics.Gauge(name, description, tag_keys=tag_keys)
+    return metrics.Histogram(name, description, boundaries=boundaries or [],
+                             tag_keys=tag_keys)
+
+
 def _reload_auth_env() -> None:
     """Make Ray read ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH`` again: it caches them
     when it is imported, and estarter sets them per runtime (estarter.daemon.use_auth)."""

@@ -48,6 +48,14 @@ SLOW_START_PERIODS = 4
 # (about 30 s by default). Ask again for this long before calling it ``supervisor_lost``.
 NODE_DEATH_GRACE = float(os.environ.get("ESTARTER_NODE_DEATH_GRACE", "40"))
 
+# A failed wait() is confirmed by asking the supervisor this many times (each
+# bounded by CONFIRM_TIMEOUT, CONFIRM_PAUSE apart) before it counts as lost: a dead
+# actor fails each at once (about 1 s in all), a live one behind a transient RPC
+# error answers and is watched again.
+CONFIRM_TRIES = 3
+CONFIRM_TIMEOUT = 10.0
+CONFIRM_PAUSE = 0.5
+
 # (app_id, run_id, info) -> None, and (app_id, run_id, exit dict) -> None
 RunningCallback = Callable[[str, int, dict[str, Any]], None]
 ExitedCallback = Callable[[str, int, dict[str, Any]], None]
@@ -233,11 +241,15 @@ class RaySpawner:
     def _add_watch(self, handle: Any, app_id: str, run_id: int, node: str,
                    dedicated: bool) -> RaySupervisorPort:
         port = RaySupervisorPort(handle)
-        with self._lock:
-            self._watched[ray_api.submit(handle.wait, None)] = (app_id, run_id, port, node,
-                                                               dedicated)
-        self._wake.set()
+        self._rewatch(port, app_id, run_id, node, dedicated)
         return port
+
+    def _rewatch(self, port: RaySupervisorPort, app_id: str, run_id: int, node: str,
+                 dedicated: bool) -> None:
+        with self._lock:
+            self._watched[ray_api.submit(port.handle.wait, None)] = (app_id, run_id, port,
+                                                                    node, dedicated)
+        self._wake.set()
 
     # -- watching --------------------------------------------------------------
 
@@ -277,10 +289,10 @@ class RaySpawner:
         try:
             final = ray_api.get(ref, timeout=5)
         except EstarterError as exc:
-            # Classified on a thread of its own: it may wait for the GCS.
-            threading.Thread(target=self._report_lost,
-                             args=(app_id, run_id, node, str(exc)), daemon=True,
-                             name=f"estarter-lost-{app_id}").start()
+            # Confirmed and classified on a thread of its own: it may wait for the GCS.
+            threading.Thread(target=self._confirm_lost,
+                             args=(port, app_id, run_id, node, dedicated, str(exc)),
+                             daemon=True, name=f"estarter-lost-{app_id}").start()
             return
         port.final = final
         try:
@@ -294,10 +306,36 @@ class RaySpawner:
             else:
                 self.pool.give_back(port.handle)  # the app ended: reuse or free it
 
+    def _confirm_lost(self, port: RaySupervisorPort, app_id: str, run_id: int, node: str,
+                      dedicated: bool, detail: str) -> None:
+        """A failed ``wait`` is not yet a lost supervisor: a transient RPC error fails
+        it too. If the supervisor still answers, watch it again; only one that does
+        not answer in CONFIRM_TRIES tries is reported lost."""
+        if supervisor_answers(lambda: ray_api.call(port.handle.ready, timeout=CONFIRM_TIMEOUT)):
+            log.warning("supervisor of %s run %s: wait failed (%s) but it answers: "
+                        "watching it again", app_id, run_id, detail)
+            self._rewatch(port, app_id, run_id, node, dedicated)
+            return
+        self._report_lost(app_id, run_id, node, detail)
+
     def _report_lost(self, app_id: str, run_id: int, node: str, detail: str) -> None:
         reason = lost_reason(node, detail, ray_api.node_alive, NODE_DEATH_GRACE)
         if self.on_exited is not None:
             self.on_exited(app_id, run_id, lost(reason, detail))
+
+
+def supervisor_answers(probe: Callable[[], Any], tries: int = CONFIRM_TRIES,
+                       pause: float = CONFIRM_PAUSE,
+                       sleep: Callable[[float], None] = time.sleep) -> bool:
+    """True as soon as ``probe`` answers; False once it failed ``tries`` times."""
+    for attempt in range(tries):
+        try:
+            probe()
+            return True
+        except EstarterError:
+            if attempt + 1 < tries:
+                sleep(pause)
+    return False
 
 
 def lost_reason(node: str, detail: str, node_alive: Callable[[str], bool],

@@ -24,6 +24,7 @@ from estarter.state import home_key
 from estarter.supervision import RestartRules, Supervisor
 
 from . import ray_api
+from .metrics import Exporter
 from .options import BLOCKING, KERNEL_NAME, SUPERVISOR_OPTIONS, VFS_NAME
 
 # How long an app's call keeps being resubmitted while the kernel actor is dead or
@@ -130,6 +131,7 @@ class SupervisorShell:
         self.node_id = ray_api.node_id()
         self.name = ray_api.actor_name()
         self.sup: Supervisor | None = None
+        self._exporter: Exporter | None = None
 
     def ready(self) -> str:
         return self.node_id
@@ -146,7 +148,9 @@ class SupervisorShell:
                                                             vfs=self.vfs),
                               Path(home), node=self.node_ip,
                               rules=rules or RestartRules.from_env(), blocked_addresses=others)
-        return {**self.sup.start(), "nodeId": self.node_id, "actorName": self.name}
+        started = self.sup.start()
+        self._exporter = Exporter(policy.app_id, self.sup.info)  # ray.util.metrics
+        return {**started, "nodeId": self.node_id, "actorName": self.name}
 
     def policy(self) -> SandboxPolicy:
         """The policy of the app it runs (a restarted kernel adopts it with this)."""
@@ -170,6 +174,8 @@ class SupervisorShell:
                 "appId": self.sup.app_id if self.sup is not None else None}
 
     def close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.close()
         if self.sup is not None:
             self.sup.close()
 
@@ -178,6 +184,9 @@ class SupervisorShell:
         if self.sup is not None:
             if self.sup.wait(0) is None:
                 return False  # still running: not reusable
+            if self._exporter is not None:
+                self._exporter.close()
+                self._exporter = None
             self.sup.close()
             self.sup = None
         return True

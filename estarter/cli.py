@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from . import cli_apps, cli_kernel
 from .cli_apps import home_of, printable
+from .console import cli as console_cli
 from .errors import EstarterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -168,6 +169,7 @@ def manifest_check(folder: Annotated[Path, typer.Argument(help="App folder")]) -
 
 cli_apps.mount(app)
 cli_kernel.mount(app)
+console_cli.mount(app)
 
 
 def main() -> None:

@@ -262,8 +262,18 @@ def up(address: Annotated[str | None, typer.Option(
         "--address", help="Join this Ray cluster instead of starting a head")] = None,
        strict: Annotated[bool, typer.Option(
            "--strict", help="Refuse to run apps whose limits cannot be applied")] = False,
-       home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+       home: HomeOpt = None, as_json: JsonOpt = False,
+       console: Annotated[bool, typer.Option(
+           "--console/--no-console", help="Serve the web console beside the runtime")] = True,
+       console_host: Annotated[str, typer.Option(
+           "--console-host", "--host",
+           help="Address the console listens on (127.0.0.1; another one exposes it)")
+       ] = "127.0.0.1",
+       console_port: Annotated[int | None, typer.Option(
+           "--console-port", "--port", help="Console port (default 8470, else a free one)")
+       ] = None) -> None:
     """Start the persistent runtime (a Ray head of its own, or --address) and return."""
+    from .console import service as console_service
     from .daemon import up as do_up
 
     root = home_of(home)
@@ -272,6 +282,14 @@ def up(address: Annotated[str | None, typer.Option(
             info = do_up(root, address, strict)
         except ValueError as exc:  # a bad ESTARTER_RESTART_* value
             raise EstarterError(str(exc)) from None
+    token = console_service.ensure_token(root)  # the operator's, 0600: console and scripts
+    if console:
+        with err.status("starting the console", spinner="dots"):
+            try:
+                info["console"] = {"url": console_service.start(
+                    root, console_host, console_port)["url"], "token": str(token)}
+            except EstarterError as exc:
+                info["console"] = {"url": None, "error": str(exc)}
 
     def human() -> None:
         rec = info.get("recovery") or {}
@@ -280,6 +298,12 @@ def up(address: Annotated[str | None, typer.Option(
         if rec.get("adopted") or rec.get("lost"):
             out.print(f"recovered: adopted {rec['adopted']}, lost {rec['lost']}, "
                       f"relaunched {rec['relaunched']}", markup=False)
+        shown = info.get("console") or {}
+        if shown.get("url"):
+            out.print(f"console: {shown['url']} (log in with the token in {shown['token']})",
+                      markup=False)
+        elif shown:
+            err.print(f"estarter: the console did not start: {shown['error']}", markup=False)
 
     emit(info, as_json, human)
 

@@ -46,6 +46,8 @@ DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
 # Relaunches of one app after node losses (a guard against a cluster losing node
 # after node under it); the next loss ends the app as node_lost.
 MAX_NODE_RELAUNCHES = 5
+# Ends after which the kernel (not the lost supervisor) applies the restart policy.
+LOSSES = (ExitReason.NODE_LOST, ExitReason.SUPERVISOR_LOST)
 
 
 class SupervisorPort(Protocol):
@@ -101,7 +103,7 @@ class AppRecord:
         self.exit: ExitInfo | None = None
         self.pid: int | None = None
         self.node: str | None = None
-        self.node_relaunches = 0  # runs started again after their node was lost
+        self.node_relaunches = 0  # runs started again after their node or supervisor was lost
         self.final_metrics: dict[str, Any] | None = None  # the run's counters at its end
         self.done = threading.Event()
 
@@ -215,7 +217,7 @@ class Kernel:
     def app_exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         """The app's final end (after its supervisor gave up restarting). Idempotent."""
         info = ExitInfo.from_dict(exit_info)
-        if self._relaunch_after_node_loss(app_id, run_id, info, exit_info):
+        if self._relaunch_after_loss(app_id, run_id, info, exit_info):
             return
         with self._lock:
             rec = self._apps.get(app_id)
@@ -235,12 +237,15 @@ class Kernel:
         rec.done.set()
         self.push_all("system.event", {"name": "app.terminated", "data": {"appId": app_id}})
 
-    def _relaunch_after_node_loss(self, app_id: str, run_id: int, info: ExitInfo,
-                                  exit_info: dict[str, Any]) -> bool:
-        """A run lost with its node starts again on a surviving node when the app's
-        restart policy is ``always`` or ``on-failure``: same record (not ended), grants
-        as they are now, a new run id, no node pin. True if a relaunch was started."""
-        if info.reason is not ExitReason.NODE_LOST or exit_info.get("noRelaunch"):
+    def _relaunch_after_loss(self, app_id: str, run_id: int, info: ExitInfo,
+                             exit_info: dict[str, Any]) -> bool:
+        """A run lost with its node or its supervisor (a worker SIGKILLed, OOM-killed)
+        starts again, on a surviving node, when the app's restart policy is ``always``
+        or ``on-failure``: same record (not ended), grants as they are now, a new run
+        id, no node pin. The supervisor that would have restarted it is the one that
+        is gone, so the kernel does; at most MAX_NODE_RELAUNCHES times per launch.
+        True if a relaunch was started."""
+        if info.reason not in LOSSES or exit_info.get("noRelaunch"):
             return False
         with self._lock:
             rec = self._apps.get(app_id)
@@ -255,11 +260,13 @@ class Kernel:
             new_run, policy = rec.run_id, rec.policy
         self.events.append("relaunch", app_id, reason=info.reason.value, detail=info.detail,
                            runId=new_run)
-        threading.Thread(target=self._relaunch, args=(rec, policy, new_run), daemon=True,
+        threading.Thread(target=self._relaunch, args=(rec, policy, new_run, info.reason),
+                         daemon=True,
                          name=f"estarter-relaunch-{app_id}").start()
         return True
 
-    def _relaunch(self, rec: AppRecord, policy: SandboxPolicy, run_id: int) -> None:
+    def _relaunch(self, rec: AppRecord, policy: SandboxPolicy, run_id: int,
+                  reason: ExitReason) -> None:
         assert self.spawner is not None
         if self.records is not None:
             self.records.launched(rec.app_id, run_id, rec.ref, policy.restart.value)
@@ -267,7 +274,7 @@ class Kernel:
             port = self.spawner.spawn(policy, run_id)
         except EstarterError as exc:
             self.app_exited(rec.app_id, run_id, {
-                **lost(ExitReason.NODE_LOST, f"relaunch after node loss failed: {exc}"),
+                **lost(reason, f"relaunch after {reason.value} failed: {exc}"),
                 "noRelaunch": True})
             return
         with self._lock:

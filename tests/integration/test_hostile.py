@@ -3,6 +3,7 @@ its own sandbox; the operator's grant can, and only as far as DESIGN says."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,36 @@ def test_admin_grant_runs_unsandboxed_without_capabilities(runtime: Runtime,
     assert wait_until(lambda: reports(runtime, "hostile-admin"), 30)
     got = reports(runtime, "hostile-admin")[0]
     assert got == {"uid": 0, "capeff": "0000000000000000"}
+
+
+@pytest.fixture
+def ray_runtime(ray_session: None, tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime.start(local=False, home=tmp_path / "home")
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+def test_app_of_a_sigkilled_supervisor_is_restarted_per_policy(ray_runtime: Runtime,
+                                                               tmp_path: Path) -> None:
+    """Hardening 3: a supervisor's worker SIGKILLed (OOM killer, an operator) ends the
+    run as supervisor_lost; an on-failure app is then started again by the kernel."""
+    import os
+    import signal
+
+    import psutil
+
+    src = "import os, time\nreport(pid=os.getpid())\ntime.sleep(300)\n"
+    handle = ray_runtime.launch(write_app(tmp_path, "hostile-lost", src, restart="on-failure"))
+    try:
+        assert wait_until(lambda: reports(ray_runtime, "hostile-lost"), 60)
+        first = handle.info()
+        supervisor_pid = psutil.Process(first["host"]["pid"]).ppid()
+        os.kill(supervisor_pid, signal.SIGKILL)
+        assert wait_until(lambda: len(reports(ray_runtime, "hostile-lost")) >= 2, 120), \
+            "the app was not started again after its supervisor was killed"
+        again = handle.info()
+        assert again["runId"] != first["runId"] and again.get("exit") is None
+    finally:
+        ray_runtime.stop("hostile-lost", grace=1.0)
