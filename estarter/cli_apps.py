@@ -293,6 +293,12 @@ def up(address: Annotated[str | None, typer.Option(
 
     def human() -> None:
         rec = info.get("recovery") or {}
+        stale = info.get("stale")
+        if stale:
+            left = (f"stopped {stale['processes']} process(es) it left, "
+                    if stale["processes"] else "")
+            out.print(f"the runtime recorded for this home at {stale['address']} did not "
+                      f"answer (its head is gone): {left}starting a new one", markup=False)
         out.print(f"estarter runtime {info['status']} at {info['address']} "
                   f"(home {root})", markup=False)
         if rec.get("adopted") or rec.get("lost"):

@@ -8,6 +8,13 @@ short because Ray puts Unix sockets under it), its own free ports and its own Ra
 auth token file, so ``down`` stops exactly its processes, found by that temp dir
 and port, and never another Ray on the machine (``ray stop`` would stop them all).
 
+The head outlives the terminal that ran ``up``: ``ray start`` runs in a session of its
+own (no controlling terminal, so no SIGHUP when an SSH session or a tmux pane closes),
+with stdin from /dev/null and its output in ``$ESTARTER_HOME/run/ray-start.log``;
+every Ray process, the kernel and the apps descend from it. A ``runtime.json`` whose
+head no longer answers is stale: ``up`` says so, stops what that head left and starts
+a new one.
+
 No Ray import here: the Ray side is ``actors/``; this module runs ``ray start`` as a
 command and finds processes with psutil.
 """
@@ -38,6 +45,8 @@ from .supervision import RestartRules
 
 RUNTIME_FILE = "runtime.json"
 TOKEN_FILE = "ray-auth-token"
+HEAD_LOG = "ray-start.log"
+HEAD_PID_FILE = "head.pid"  # the GCS server's pid: what a service manager tracks
 HEAD_START_SECONDS = 120.0
 STOP_GRACE_SECONDS = 5.0
 
@@ -139,8 +148,9 @@ def up(home: Path, address: str | None = None, strict: bool = False,
     if ray_api.is_initialized():
         raise EstarterError("up must run in a process that is not connected to Ray")
     existing = read_runtime(home)
+    stale: dict[str, Any] | None = None
     if existing is not None and not reachable(existing.address):
-        remove_runtime(home)  # killed with -9: start afresh
+        stale = clean_stale(home, existing)  # killed with -9, or its host rebooted
         existing = None
     status = "already up" if existing is not None else "started"
     info = existing or (RuntimeInfo(str(home), address, False, started_at=time.time())
@@ -159,7 +169,38 @@ def up(home: Path, address: str | None = None, strict: bool = False,
         raise
     finally:
         ray_api.shutdown()
-    return {"status": status, **info.to_json(), "recovery": recovery}
+    if info.started_head and existing is None:
+        _write_head_pid(home, info)
+    return {"status": status, **info.to_json(), "recovery": recovery, "stale": stale}
+
+
+def clean_stale(home: Path, info: RuntimeInfo) -> dict[str, Any]:
+    """A recorded runtime whose head does not answer: stop every process it left
+    (Ray's, supervisors, apps), remove its temp dir and record. Returns what it
+    was, for ``up`` to say so."""
+    processes = 0
+    if info.started_head:
+        processes = stop_processes(info.temp_dir, info.gcs_port)
+        if info.temp_dir:
+            shutil.rmtree(info.temp_dir, ignore_errors=True)
+    remove_runtime(home)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir(home) / HEAD_PID_FILE).unlink()
+    return {"address": info.address, "startedAt": info.started_at,
+            "startedHead": info.started_head, "processes": processes}
+
+
+def _write_head_pid(home: Path, info: RuntimeInfo) -> None:
+    """The GCS server's pid in ``run/head.pid``: the process a service manager tracks
+    (``Type=forking``, ``PIDFile=``); it lives exactly as long as the head."""
+    for proc in runtime_processes(info.temp_dir, info.gcs_port):
+        with contextlib.suppress(psutil.Error):
+            if proc.name().startswith("gcs_server"):
+                path = run_dir(home) / HEAD_PID_FILE
+                tmp = path.with_name(f".{HEAD_PID_FILE}.{secrets.token_hex(4)}")
+                tmp.write_text(f"{proc.pid}\n")
+                os.replace(tmp, path)
+                return
 
 
 def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
@@ -171,9 +212,6 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
     from actors.options import BLOCKING
     from actors.supervisor import supervisor_prefix
 
-    from .console import service as console_service
-
-    console_service.stop(home)  # first: it is a client of the runtime going down
     info = read_runtime(home)
     killed: list[str] = []
     if info is not None and reachable(info.address) and not ray_api.is_initialized():
@@ -198,6 +236,8 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
         processes = stop_processes(temp_dir, info.gcs_port if info else None)
         shutil.rmtree(temp_dir, ignore_errors=True)
     remove_runtime(home)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir(home) / HEAD_PID_FILE).unlink()
     return {"stopped": info is not None, "supervisors": len(killed), "processes": processes}
 
 
@@ -228,16 +268,24 @@ def start_head(home: Path) -> RuntimeInfo:
            "ESTARTER_HOME": str(home)}
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
+    log = run_dir(home) / HEAD_LOG
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=HEAD_START_SECONDS)
+        # Detached: its own session (no controlling terminal: closing the terminal
+        # sends it no SIGHUP), stdin /dev/null, output to a file, not a pipe that
+        # dies with us. Its daemons inherit all three.
+        with open(log, "wb") as out:
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  timeout=HEAD_START_SECONDS, cwd="/")
     except subprocess.TimeoutExpired:
         stop_processes(temp_dir, gcs)
-        raise LaunchError(f"ray start did not finish within {HEAD_START_SECONDS:.0f} s") from None
+        raise LaunchError(f"ray start did not finish within {HEAD_START_SECONDS:.0f} s "
+                          f"(its output: {log})") from None
     if proc.returncode != 0:
         stop_processes(temp_dir, gcs)
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LaunchError(f"ray start failed: {last[0]}")
+        lines = log.read_text(errors="replace").strip().splitlines()
+        raise LaunchError(f"ray start failed: {(lines or ['no output'])[-1]} "
+                          f"(its output: {log})")
     address = _current_cluster(temp_dir) or f"{_node_ip()}:{gcs}"
     return RuntimeInfo(str(home), address, True, str(temp_dir), gcs, str(token), time.time())
 
@@ -343,6 +391,7 @@ def _slot_resources() -> dict[str, float]:
 
 __all__ = [
     "RuntimeInfo",
+    "clean_stale",
     "connect_info",
     "down",
     "read_runtime",
