@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 SYSTEM_PACKAGES := bubblewrap slirp4netns clang lld wasi-libc libclang-rt-dev-wasm32 \
 	chromium chromium-driver
+# systemd-analyze: tests verify the unit `estarter service install` writes.
+SYSTEM_PACKAGES += systemd
 
 .PHONY: setup system-packages demo test lint typecheck pytest bench clean
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cli_apps, cli_kernel
+from . import cli_apps, cli_kernel, cli_service
 from .cli_apps import home_of, printable
 from .console import cli as console_cli
 from .errors import EstarterError
@@ -169,6 +169,7 @@ def manifest_check(folder: Annotated[Path, typer.Argument(help="App folder")]) -
 
 cli_apps.mount(app)
 cli_kernel.mount(app)
+cli_service.mount(app)
 console_cli.mount(app)
 
 

@@ -273,10 +273,13 @@ def up(address: Annotated[str | None, typer.Option(
            "--console-port", "--port", help="Console port (default 8470, else a free one)")
        ] = None) -> None:
     """Start the persistent runtime (a Ray head of its own, or --address) and return."""
+    from .cli_service import delegated
     from .console import service as console_service
     from .daemon import up as do_up
 
     root = home_of(home)
+    if delegated(root, "up", as_json):  # this home's systemd unit is installed
+        return
     with errors_exit_2(), err.status("starting the runtime", spinner="dots"):
         try:
             info = do_up(root, address, strict)
@@ -316,9 +319,12 @@ def up(address: Annotated[str | None, typer.Option(
 
 def down(grace: GraceOpt = 5.0, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Stop what up started: apps (back on the next up per policy), kernel, Ray head."""
+    from .cli_service import delegated
     from .daemon import down as do_down
 
     root = home_of(home)
+    if delegated(root, "down", as_json):  # this home's systemd unit is installed
+        return
     with errors_exit_2(), err.status("stopping the runtime", spinner="dots"):
         result = do_down(root, grace)
     emit(result, as_json, lambda: out.print(
