@@ -47,7 +47,8 @@ def install(home: Path, source: Path, grants: list[str], grant_all: bool,
         granted = sorted(pm.granted(manifest.id))
     finally:
         pm.close()
-    return {**_row(manifest), "granted": granted}
+    return {**_row(manifest), "granted": granted,
+            **names.ungranted_report(manifest.id, manifest.requested_permissions, granted)}
 
 
 def uninstall(home: Path, app_id: str, keep_data: bool = False) -> None:

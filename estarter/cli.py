@@ -70,10 +70,12 @@ def run(
     home: HomeOpt = None,
 ) -> None:
     """Run an app in the foreground and exit with its exit code (on the runtime that is up, else an embedded one)."""  # noqa: E501
+    from .cli_consent import consent, terminal_ask
     from .daemon import reachable, read_runtime
     from .runtime import Runtime
 
-    grants = cli_apps.checked_grants(grant)
+    grants, report = consent(home_of(home), path, cli_apps.checked_grants(grant), grant_all,
+                             terminal_ask(json_out))
     try:
         root = home_of(home)
         info = None if local or address else read_runtime(root)
@@ -84,18 +86,23 @@ def run(
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
-        raise typer.Exit(_run_foreground(rt, path, json_out, grants, grant_all, node))
+        raise typer.Exit(_run_foreground(rt, path, json_out, grants, grant_all, node,
+                                         report))
     finally:
         rt.shutdown()
 
 
 def _run_foreground(rt: Any, path: str, json_out: bool, grants: list[str],
-                    grant_all: bool, node: str | None = None) -> int:
+                    grant_all: bool, node: str | None = None,
+                    ungranted: dict[str, Any] | None = None) -> int:
+    from .cli_consent import show_ungranted
+
     cursor = rt.event_cursor()
     try:
         handle = rt.launch(path, grants=grants, grant_all=grant_all, node=node)
     except EstarterError as exc:
         raise fail(str(exc)) from None
+    show_ungranted(ungranted, json_out)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:

@@ -107,9 +107,20 @@ def install(source: Annotated[Path, typer.Argument(help="App folder, .app.zip or
     root = home_of(home)
     with errors_exit_2(), err.status(f"installing {source.name}", spinner="dots"):
         row = do_install(root, source, grants, grant_all)
-    emit(row, as_json, lambda: out.print(
-        f"installed {row['appId']} {row['version']}; granted: "
-        f"{' '.join(row['granted']) or '-'}", markup=False))
+
+    def human() -> None:
+        out.print(f"installed {row['appId']} {row['version']}; granted: "
+                  f"{' '.join(row['granted']) or '-'}", markup=False)
+        say_ungranted(row)
+
+    emit(row, as_json, human)
+
+
+def say_ungranted(report: dict[str, Any]) -> None:
+    """Requested but not granted, and the exact command that grants them (stderr)."""
+    if report.get("ungranted"):
+        err.print(f"not granted (requested by its manifest): {' '.join(report['ungranted'])}"
+                  f"\n  grant with: {report['grantCommand']}", markup=False)
 
 
 def uninstall(app_id: str, keep_data: Annotated[bool, typer.Option(

@@ -97,9 +97,18 @@ class PermissionDenied(EstarterError):
     code = PERMISSION_DENIED
 
     @classmethod
-    def for_permission(cls, permission: str, method: str = "") -> PermissionDenied:
+    def for_permission(cls, permission: str, method: str = "", app_id: str = "",
+                       requested: bool | None = None) -> PermissionDenied:
+        """``data`` = {permission}, plus {appId, requested} when known: what the SDK
+        needs to tell the app's author the command that grants it (or that the
+        manifest must request it first)."""
         what = f" for {method}" if method else ""
-        return cls(f"permission {permission} is not granted{what}", {"permission": permission})
+        data: dict[str, Any] = {"permission": permission}
+        if app_id:
+            data["appId"] = app_id
+        if requested is not None:
+            data["requested"] = requested
+        return cls(f"permission {permission} is not granted{what}", data)
 
 
 class NotFound(EstarterError):

@@ -74,3 +74,24 @@ def expand(names: Iterable[str]) -> frozenset[str]:
     for name in names:
         out |= normalize(name)
     return frozenset(out) if out else BASIC
+
+
+def effective(requested: Iterable[str], decisions: dict[str, str]) -> frozenset[str]:
+    """What an app holds: each requested permission the operator granted, and each
+    requested one inside ``basic`` the operator did not revoke. ``decisions`` maps a
+    permission to ``granted`` or ``revoked``."""
+    return frozenset(p for p in requested if decisions.get(p) == "granted"
+                     or (p in BASIC and decisions.get(p) != "revoked"))
+
+
+def grant_command(app_id: str, perms: Iterable[str]) -> str:
+    """The exact command an operator runs to grant ``perms`` to ``app_id``."""
+    return f"estarter permissions grant {app_id} {' '.join(sorted(perms))}"
+
+
+def ungranted_report(app_id: str, requested: Iterable[str],
+                     granted: Iterable[str]) -> dict[str, object]:
+    """Requested but not granted, and the command that grants them (None if none)."""
+    missing = sorted(set(requested) - set(granted))
+    return {"ungranted": missing,
+            "grantCommand": grant_command(app_id, missing) if missing else None}

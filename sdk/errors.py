@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 
@@ -47,9 +48,37 @@ class ApiError(Exception):
 
 
 class PermissionDeniedError(ApiError):
-    """The app does not hold the permission the method needs; ``data`` = {permission}."""
+    """The app does not hold the permission the method needs; ``data`` = {permission,
+    appId, requested}. ``str()`` names the permission and what the operator does:
+    ``estarter permissions grant APP PERM`` (or, if the manifest does not request it,
+    add it to the manifest's ``permissions`` first)."""
 
     default_code = -32001
+
+    @property
+    def permission(self) -> str | None:
+        value = self.data.get("permission") if isinstance(self.data, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def grant_command(self) -> str | None:
+        """The command that grants the permission, when the error names one."""
+        if self.permission is None:
+            return None
+        app = self.data.get("appId") if isinstance(self.data, dict) else None
+        if not isinstance(app, str) or not app:
+            app = os.environ.get("ESTARTER_APP_ID") or "APP"
+        return f"estarter permissions grant {app} {self.permission}"
+
+    def __str__(self) -> str:
+        command = self.grant_command
+        if command is None:
+            return self.message
+        if isinstance(self.data, dict) and self.data.get("requested") is False:
+            return (f"{self.message}; the app's manifest does not request "
+                    f"{self.permission}: add it to \"permissions\" in manifest.json, "
+                    f"install again, then `{command}`")
+        return f"{self.message}; the operator grants it with `{command}`"
 
 
 class NotFoundError(ApiError):

@@ -187,7 +187,9 @@ class Kernel:
         p = as_params(params)
         if entry.permission is not None and not self.permissions.check(
                 app_id, entry.permission, method):
-            raise PermissionDenied.for_permission(entry.permission, method)
+            raise PermissionDenied.for_permission(
+                entry.permission, method, app_id,
+                entry.permission in self.permissions.requested(app_id))
         return entry.handler(CallContext(app_id), p)
 
     # -- supervisors report here -----------------------------------------------

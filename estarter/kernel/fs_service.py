@@ -30,6 +30,8 @@ DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
 class Checker(Protocol):
     def check(self, app_id: str, permission: str, method: str = "") -> bool: ...
 
+    def requested(self, app_id: str) -> frozenset[str]: ...
+
     def flush(self) -> None: ...
 
 
@@ -53,7 +55,9 @@ class VfsService:
         p = as_params(params)
         if spec.permission is not None and not self.permissions.check(
                 app_id, spec.permission, method):
-            raise PermissionDenied.for_permission(spec.permission, method)
+            raise PermissionDenied.for_permission(
+                spec.permission, method, app_id,
+                spec.permission in self.permissions.requested(app_id))
         return self.router.lookup(method).handler(CallContext(app_id), p)
 
     def call(self, payload: bytes) -> bytes:

@@ -161,3 +161,68 @@ def test_run_started_with_sigint_ignored_still_stops_the_app_through_its_handler
     assert (end["event"], end["code"], end["reason"]) == ("exit", 0, "stopped"), events
     assert proc.returncode == 0
 
+
+CONSENT_APP = """
+import sys
+from sdk import EStarterClient, PermissionDeniedError
+client = EStarterClient.connect()
+client.fs.write_text("/appdata/consented.txt", "yes")
+try:
+    client.call("system.info")
+except PermissionDeniedError as exc:
+    print(f"denied: {exc}", file=sys.stderr, flush=True)
+"""
+
+
+def test_run_on_a_terminal_asks_per_ungranted_permission(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    folder = write_app(tmp_path, "asker", CONSENT_APP, prelude=False,
+                       permissions=["fs.read", "fs.write", "system.info"])
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "estarter", "run", "--local", str(folder)],
+                            stdin=slave, stdout=slave, stderr=slave, env=env_for(home),
+                            cwd=ROOT, start_new_session=True)
+    os.close(slave)
+    try:
+        seen = read_until(master, b"fs.write. Grant it? [y/N]", 60)
+        assert b"system.info" not in seen  # one question at a time, in order
+        os.write(master, b"y\n")
+        read_until(master, b"system.info. Grant it? [y/N]", 60)
+        os.write(master, b"n\n")
+        seen = read_until(master, b"exited:", 60)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "not granted (requested by its manifest): system.info" in text, text
+    assert "grant with: estarter permissions grant asker system.info" in text, text
+    # The app's own error names the permission and the command.
+    assert "denied: permission system.info is not granted" in text, text
+    assert "`estarter permissions grant asker system.info`" in text, text
+    assert (home / "vfs" / "appdata" / "asker" / "consented.txt").read_text() == "yes"
+    perms = ok_json(home, "permissions", "list", "asker")
+    assert perms["granted"] == ["fs.read", "fs.write"]  # a yes persists, as --grant does
+
+
+@pytest.mark.parametrize("args", [["--json"], []], ids=["json", "human"])
+def test_run_without_a_terminal_never_asks_and_lists_what_is_ungranted(
+        tmp_path: Path, args: list[str]) -> None:
+    home = tmp_path / "home"
+    folder = write_app(tmp_path, "quiet", CONSENT_APP, prelude=False,
+                       permissions=["fs.write", "system.info"])
+    proc = subprocess.run([sys.executable, "-m", "estarter", "run", "--local", str(folder),
+                           "--grant", "fs.write", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env_for(home), cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Grant it?" not in proc.stdout + proc.stderr
+    if args:
+        events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+        perms = [e for e in events if e["event"] == "permissions"]
+        assert perms == [{"event": "permissions", "appId": "quiet", "ungranted": ["system.info"],
+                          "grantCommand": "estarter permissions grant quiet system.info"}]
+    else:
+        assert "grant with: estarter permissions grant quiet system.info" in proc.stderr

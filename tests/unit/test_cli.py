@@ -54,6 +54,7 @@ def test_install_list_inspect_uninstall(tmp_path: Path) -> None:
     row = ok_json(home, "install", str(folder), "--grant", "system.info")
     assert (row["appId"], row["restart"]) == ("notes", "on-failure")
     assert row["granted"] == ["fs.read", "system.info"]
+    assert (row["ungranted"], row["grantCommand"]) == ([], None)
     listed = ok_json(home, "list")
     assert [(r["appId"], r["state"]) for r in listed] == [("notes", "installed")]
     at_rest = ok_json(home, "inspect", "notes")
@@ -241,3 +242,16 @@ def test_recovery_adopts_live_supervisors_and_relaunches_lost_apps_per_policy(
         kernel.shutdown()
         kernel.permissions.close()
         records.close()
+
+
+def test_install_lists_what_stays_ungranted_and_the_command(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    folder = make_app(tmp_path, "writer", permissions=["fs.write", "system.info", "ipc.send"])
+    row = ok_json(home, "install", str(folder), "--grant", "system.info")
+    assert row["granted"] == ["ipc.send", "system.info"]
+    assert row["ungranted"] == ["fs.write"]
+    assert row["grantCommand"] == "estarter permissions grant writer fs.write"
+    human = run(home, "install", str(folder))
+    assert human.exit_code == 0, human.stderr
+    assert "not granted (requested by its manifest): fs.write" in human.stderr
+    assert "grant with: estarter permissions grant writer fs.write" in human.stderr

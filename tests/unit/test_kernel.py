@@ -202,3 +202,17 @@ def test_socket_serves_concurrent_clients(kernel: Kernel) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_permission_error_names_the_app_and_says_how_to_grant(kernel: Kernel) -> None:
+    with pytest.raises(PermissionDenied) as denied:
+        kernel.handle(APP, "fs.write", {"path": "/appdata/a", "text": "1"})
+    assert denied.value.data == {"permission": "fs.write", "appId": APP, "requested": True}
+    error = ApiError.from_dict(denied.value.to_dict())  # what the SDK rebuilds
+    assert isinstance(error, PermissionDeniedError) and error.permission == "fs.write"
+    assert f"`estarter permissions grant {APP} fs.write`" in str(error)
+    with pytest.raises(PermissionDenied) as unrequested:
+        kernel.handle(APP, "system.info", {})
+    assert unrequested.value.data["requested"] is False
+    assert "manifest does not request system.info" in str(
+        ApiError.from_dict(unrequested.value.to_dict()))
