@@ -241,27 +241,55 @@ def printable(text: Any) -> str:
     return one_line(text, 1 << 20)
 
 
-def logs(app_id: str, follow: Annotated[bool, typer.Option("-f", "--follow",
-                                                           help="Keep printing new lines")
-                                        ] = False,
-         lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show")] = 100,
-         home: HomeOpt = None) -> None:
-    """The app's log (timestamped, size-capped with rotation); -f follows it."""
-    from .apps import follow as follow_file
-    from .apps import logs_path, tail
+def logs(app_id: Annotated[str | None, typer.Argument(
+             help="The app; none (or --all): every app's log, merged in time order")] = None,
+         follow: Annotated[bool, typer.Option("-f", "--follow",
+                                              help="Keep printing new lines")] = False,
+         lines: Annotated[int | None, typer.Option(
+             "-n", "--lines", help="Lines to show (default 100; all of --since)")] = None,
+         since: Annotated[str | None, typer.Option(
+             "--since", help="Only lines since a duration ago (10m, 2h, 1d) or a time "
+                             "(2026-11-29T10:00)")] = None,
+         all_apps: Annotated[bool, typer.Option("--all", help="Every app's log")] = False,
+         home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """An app's log, or every app's: stdout, stderr, log calls and the runtime's lines
+    (run start and end, drops), each tagged with its stream; -f follows it. No runtime
+    needed: it reads the log files."""
+    from . import logs as applogs
+    from .paths import log_file
 
-    path = logs_path(home_of(home), app_id)
-    if not path.exists() and not follow:
-        raise fail(f"no log for {app_id} (has it run?)")
-    for line in tail(path, lines):
-        out.print(printable(line), markup=False)
+    root = home_of(home)
+    if app_id is not None and all_apps:
+        raise fail("give an app or --all, not both")
+    try:
+        cutoff = applogs.parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if app_id is not None:
+        if not log_file(root, app_id).exists() and not follow:
+            raise fail(f"no log for {app_id} (has it run?)")
+        apps: Callable[[], list[str]] = lambda: [app_id]  # noqa: E731 - one app, fixed
+    else:
+        apps = lambda: applogs.logged_apps(root)  # noqa: E731 - re-read while following
+    count = lines if lines is not None else (None if cutoff is not None else 100)
+    combined = app_id is None
+
+    def show(line: applogs.LogLine) -> None:
+        if as_json:
+            out.print(json.dumps(line.to_json()), markup=False)
+        else:
+            text = printable(line.raw)
+            out.print(f"{line.app} | {text}" if combined else text, markup=False)
+
+    for line in applogs.read(root, apps(), cutoff, count):
+        show(line)
     if not follow:
         return
     stopped = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stopped.set())
     try:
-        for line in follow_file(path, stopped.is_set):
-            out.print(printable(line), markup=False)
+        for line in applogs.follow(root, apps, stopped.is_set):
+            show(line)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -321,11 +321,13 @@ class ProcessHost:
         for data in _chunks(proc.stdout.fileno()):
             if self._end_cause is not None and self._end_cause[0] is ExitReason.PROTOCOL_VIOLATION:
                 continue  # drain until the kill lands
+            bodies: list[bytes] = []
+            text: list[bytes] = []
             try:
-                bodies, text = splitter.feed(data)
+                splitter.feed(data, bodies, text)
             except FramingError as exc:
+                bodies = []  # the app ends: log its text up to the bad frame, serve nothing
                 self._end(ExitReason.PROTOCOL_VIOLATION, str(exc))
-                continue
             for line in text:
                 if line:  # the SDK writes one line break ahead of its first frame
                     self._app_log.line("info", line, "stdout")

@@ -64,15 +64,16 @@ class StdoutSplitter:
         self._need: int | None = None  # body bytes still to come once a header is read
         self._error: FramingError | None = None
 
-    def feed(self, data: bytes) -> tuple[list[bytes], list[bytes]]:
-        """Append ``data``; return (frame bodies, text lines) it completes, each in order.
-
-        The relative order of frames and text is not kept (they go to different places).
+    def feed(self, data: bytes, bodies: list[bytes], text: list[bytes]) -> None:
+        """Append ``data``; append the frame bodies and text lines it completes to
+        ``bodies`` and ``text``, each in order (their relative order is not kept: they
+        go to different places). On a ``FramingError``, what came before the bad
+        frame is appended already (the app's last words are logged).
         """
         if self._error is not None:
             raise self._error
         try:
-            return self._feed(data)
+            self._feed(data, bodies, text)
         except FramingError as exc:
             self._error = exc
             self._buf.clear()
@@ -84,11 +85,9 @@ class StdoutSplitter:
         self._buf.clear()
         return [rest] if rest and not rest[:15].lower().startswith(_HEADER_STARTS) else []
 
-    def _feed(self, data: bytes) -> tuple[list[bytes], list[bytes]]:
+    def _feed(self, data: bytes, bodies: list[bytes], text: list[bytes]) -> None:
         buf = self._buf
         buf += data
-        bodies: list[bytes] = []
-        text: list[bytes] = []
         pos = 0
         try:
             while pos < len(buf):
@@ -123,7 +122,6 @@ class StdoutSplitter:
                 pos = nl + 1
         finally:
             del buf[:pos]
-        return bodies, text
 
 
 def _maybe_header(head: bytes) -> bool:

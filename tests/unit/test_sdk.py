@@ -77,7 +77,9 @@ class FakeHost:
         splitter = StdoutSplitter()
         try:
             while data := self._rfile.read1(65536):
-                bodies, text = splitter.feed(data)
+                bodies: list[bytes] = []
+                text: list[bytes] = []
+                splitter.feed(data, bodies, text)
                 self.text.extend(line for line in text if line)
                 for body in bodies:
                     self.inbox.put(json.loads(body))
