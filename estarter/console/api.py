@@ -363,7 +363,10 @@ class _Headers:
                 headers += [(b"content-security-policy", CSP.encode()),
                             (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"),
-                            (b"referrer-policy", b"no-referrer"),
+                            # not no-referrer: under it a browser sends
+                            # "Origin: null" with our own forms, which the CSRF
+                            # check refuses; same-origin leaks nothing to others.
+                            (b"referrer-policy", b"same-origin"),
                             (b"cache-control", b"no-store")]
                 message = {**message, "headers": headers}
             await send(message)

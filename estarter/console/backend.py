@@ -91,8 +91,11 @@ class RuntimeBackend:
                        runId=rec.get("runId"), metrics=rec.get("metrics"))
             if rec["state"] in LIVE_STATES:
                 self._add_host(row)
-            elif isinstance(row.get("metrics"), dict):
-                row["restarts"] = (row.get("exit") or {}).get("restarts", 0)
+            else:  # ended: the counters its supervisor sent with the final exit
+                row["pid"] = None  # the kernel keeps the last pid; nothing runs
+                ended = row.get("exit") or {}
+                row["metrics"] = row.get("metrics") or ended.get("metrics")
+                row["restarts"] = ended.get("restarts", 0)
         return sorted(rows.values(), key=lambda r: r["appId"])
 
     def _add_host(self, row: dict[str, Any]) -> None:
