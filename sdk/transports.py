@@ -202,7 +202,9 @@ class StdioTransport(_FramedTransport):
 
         The input fd stays open: a reader blocked on it would otherwise read
         whatever fd reuses the number. It ends with the process or the host.
+        What was printed to stdout before is forwarded first (``_drain_stdout``).
         """
+        self._drain_stdout()
         with self._write_lock:
             if self._closed:
                 return
