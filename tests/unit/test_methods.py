@@ -176,3 +176,39 @@ def test_kernel_forwards_fs_calls_to_its_vfs(kernel: Kernel) -> None:
     kernel.vfs = FakeVfs()
     assert kernel.handle(APP, "fs.exists", {"path": "/appdata/x"}) == {"exists": True}
     assert seen == [(APP, "fs.exists")]
+
+
+def test_socket_clients_of_one_app_share_its_cap_of_waiting_calls(tmp_path: Path) -> None:
+    from sdk import BusyError, EStarterClient
+    from tests.apps import wait_until
+
+    k = Kernel(tmp_path, PermissionManager(state_db(tmp_path)))
+    clients: list[EStarterClient] = []
+    try:
+        assert k.socket is not None
+        k.permissions.register(APP, ["ipc.receive", "ipc.send"])
+        k.permissions.register("other", ["ipc.send"])
+        token = k.tokens.issue(APP)
+        clients = [EStarterClient.connect(path=str(k.socket.path), token=token)
+                   for _ in range(2)]
+        waiting: list[concurrent.futures.Future[Any]] = []
+        pool = concurrent.futures.ThreadPoolExecutor(8)
+        for i in range(8):  # spread over both connections
+            waiting.append(pool.submit(clients[i % 2].ipc.receive, 20_000))
+        assert wait_until(lambda: k.socket is not None
+                          and k.socket.admission.waiting(APP) == 8, 30)
+        with pytest.raises(BusyError):
+            clients[0].call("ipc.receive", {"timeoutMs": 20_000}, timeout=30)
+        assert clients[1].system.ping()["pong"] is True  # quick calls are not held
+        for n in range(8):
+            k.handle("other", "ipc.send", {"to": APP, "message": n})
+        got = sorted(f.result(timeout=30)["message"] for f in waiting)
+        assert got == list(range(8))
+        assert wait_until(lambda: k.socket is not None
+                          and k.socket.admission.waiting(APP) == 0, 30)
+        pool.shutdown(wait=True)
+    finally:
+        for c in clients:
+            c.close()
+        k.shutdown()
+        k.permissions.close()
