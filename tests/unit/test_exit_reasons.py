@@ -44,8 +44,9 @@ def test_rusage_cpu_time_makes_it_the_cpu_limit_even_unsampled(tmp_path: Path) -
     assert rlimited(tmp_path).exit_reason(128 + int(signal.SIGXCPU), 1.0) is ExitReason.CPU_LIMIT
 
 
-def test_the_signal_without_the_cpu_time_is_not_the_limit(tmp_path: Path) -> None:
-    assert rlimited(tmp_path).exit_reason(-int(signal.SIGXCPU), cpu_seconds=0.05) is None
+def test_sigxcpu_is_the_limit_sigkill_needs_the_cpu_time(tmp_path: Path) -> None:
+    assert rlimited(tmp_path).exit_reason(-int(signal.SIGXCPU)) is ExitReason.CPU_LIMIT
+    assert rlimited(tmp_path).exit_reason(-int(signal.SIGKILL), cpu_seconds=0.05) is None
     assert rlimited(tmp_path).exit_reason(-int(signal.SIGKILL)) is None
 
 

@@ -89,7 +89,7 @@ def test_receive_waits_bounded_and_wakes_on_send() -> None:
     ipc, _ = make("a", "b")
     t0 = time.monotonic()
     assert ipc.receive("b", 50) is None
-    assert 0.04 <= time.monotonic() - t0 < 2
+    assert 0.04 <= time.monotonic() - t0 < 30  # waited, and did not hang
     out: list[Any] = []
     waiter = threading.Thread(target=lambda: out.append(ipc.receive("b", 5000)))
     waiter.start()

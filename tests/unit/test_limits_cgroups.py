@@ -89,7 +89,7 @@ def test_v2_memory_events_explain_the_exit_and_kill_writes_cgroup_kill(
     t0 = time.monotonic()
     lim.cleanup()  # a fake folder with files cannot be rmdir'ed: reported, not hung on
     lim.cleanup()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 30  # reported, not hung on
     assert any("not removed" in m for _, m in logs.lines)
 
 

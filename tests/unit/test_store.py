@@ -199,7 +199,7 @@ def test_store_lock_busy_and_recovery_does_not_block(home: Path, v1: Path) -> No
         assert leftover.exists()
         with pytest.raises(Busy):
             store.install(v1)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 30  # gave up on the lock, did not hang
     finally:
         os.close(fd)
     AppStore(home)

@@ -257,9 +257,14 @@ class AppLimits:
             return None
         s.stop()
         cpu = self.rlimits.get("RLIMIT_CPU")
-        # The CPU time the app really used: the sampler's last look, or (better) the
-        # child's rusage from wait4, which counts to the end. On a busy host the
-        # sampler may have seen nothing before RLIMIT_CPU ended the app.
+        # SIGXCPU under RLIMIT_CPU is the kernel's word that the soft limit was hit:
+        # on a busy host the sampler may have seen little of the CPU time before, and
+        # behind bwrap the rusage of wait4 may miss the app (bwrap does not always
+        # reap its sandbox's init). The app could raise it itself: then it only names
+        # its own crash cpu_limit. SIGKILL (the hard limit) is also how we kill, so
+        # it needs the CPU time behind it: the sampler's or the rusage's.
+        if cpu and killed_by(code, int(signal.SIGXCPU)):
+            return ExitReason.CPU_LIMIT
         used = max(s.max_cpu, cpu_seconds or 0.0)
         if cpu and killed_by(code, *CPU_SIGNALS) and used >= CPU_FRACTION * cpu[0]:
             return ExitReason.CPU_LIMIT
