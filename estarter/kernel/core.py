@@ -32,6 +32,7 @@ from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
 from .ipc import Ipc
 from .methods import VFS_METHODS
 from .permissions import PermissionManager
+from .ports import Spawner, SupervisorPort, VfsPort
 from .recovery import Attach
 from .registry import Registry
 from .router import CallContext, Router, as_params
@@ -48,32 +49,6 @@ DEFAULT_DISK_QUOTA_BYTES = 100 * 1024 * 1024
 MAX_NODE_RELAUNCHES = 5
 # Ends after which the kernel (not the lost supervisor) applies the restart policy.
 LOSSES = (ExitReason.NODE_LOST, ExitReason.SUPERVISOR_LOST)
-
-
-class SupervisorPort(Protocol):
-    """How the kernel talks to one app's supervisor (in-process or a Ray actor)."""
-
-    def stop(self, grace: float) -> dict[str, Any]: ...
-
-    def notify(self, method: str, params: Any) -> None: ...
-
-    def info(self) -> dict[str, Any]: ...
-
-
-class Spawner(Protocol):
-    def spawn(self, policy: SandboxPolicy, run_id: int) -> SupervisorPort:
-        """Create the supervisor and start the app; raises LaunchError."""
-        ...
-
-
-class VfsPort(Protocol):
-    """How the kernel reaches the VFS service (in-process, or the VFS actor)."""
-
-    def handle(self, app_id: str, method: str, params: Any = None) -> Any: ...
-
-    def set_quota(self, app_id: str, quota_bytes: int) -> None: ...
-
-    def flush_audit(self) -> None: ...
 
 
 class AppResolver(Protocol):

@@ -17,19 +17,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import EstarterError
 from ..hosting.base import ExitReason, HostState, lost
 from ..policy import SandboxPolicy
-
-if TYPE_CHECKING:
-    from .core import Kernel, SupervisorPort
+from ..state import AppRecords
+from .events import EventLog
+from .ports import SupervisorPort
 
 log = logging.getLogger(__name__)
 
 # (supervisor name, app id, run id) -> (port, its info(), its policy), or None if gone.
-Attach = Callable[[str, str, int], "tuple[SupervisorPort, dict[str, Any], SandboxPolicy] | None"]
+Attach = Callable[[str, str, int], tuple[SupervisorPort, dict[str, Any], SandboxPolicy] | None]
 RELAUNCHED_POLICIES = ("always", "on-failure")
 
 
@@ -47,7 +47,20 @@ class Recovery:
                 "failed": self.failed}
 
 
-def recover(kernel: Kernel, attach: Attach | None) -> Recovery:
+class Recovering(Protocol):
+    """What recovery needs of the kernel (the kernel core satisfies it)."""
+
+    records: AppRecords | None
+    events: EventLog
+
+    def adopt(self, app_id: str, run_id: int, ref: str, policy: SandboxPolicy,
+              port: SupervisorPort, info: dict[str, Any]) -> None: ...
+
+    def launch(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
+               strict: bool | None = None, node: str | None = None) -> dict[str, Any]: ...
+
+
+def recover(kernel: Recovering, attach: Attach | None) -> Recovery:
     """Adopt live supervisors and relaunch lost apps per policy. Never raises for one
     app: a failure is logged, kept in the result and in the app's record."""
 

@@ -73,3 +73,110 @@ def test_every_ray_call_of_actors_goes_through_ray_api() -> None:
 def test_the_walk_sees_function_local_imports() -> None:
     found = {(f, m) for f, _, m in imports("estarter")}
     assert ("estarter/runtime.py", "actors") in found  # imported inside methods only
+
+
+# -- import cycles ------------------------------------------------------------------
+# The composition modules (CLI, console, Runtime, up/down) may import one another
+# inside functions to pick a mode; below them, nothing imports in a circle.
+COMPOSITION_PREFIXES = ("estarter.cli", "estarter.console", "estarter.runtime",
+                        "estarter.daemon")
+
+
+def _modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / package).rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _graph(package: str, top_level_only: bool) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports (``from X import sub`` names
+    the submodule, not the package; TYPE_CHECKING blocks count, being top level)."""
+    mods = _modules(package)
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text())
+        nodes = ast.walk(tree) if not top_level_only else (
+            n for stmt in tree.body for n in ast.walk(stmt)
+            if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+        for node in nodes:
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = mod.split(".")
+                    if path.name != "__init__.py":
+                        parts = parts[:-1]
+                    parts = parts[:len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+                targets = subs if len(subs) == len(node.names) else [base, *subs]
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                if target and target != mod:
+                    edges[mod].add(target)
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    top = stack.pop()
+                    on.discard(top)
+                    comp.append(top)
+                    if top == node:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    assert _cycles(_graph("estarter", top_level_only=True)) == []
+
+
+def test_no_import_cycle_below_composition_even_inside_functions() -> None:
+    edges = _graph("estarter", top_level_only=False)
+    below = {m: {t for t in ts if not t.startswith(COMPOSITION_PREFIXES)}
+             for m, ts in edges.items() if not m.startswith(COMPOSITION_PREFIXES)}
+    assert _cycles(below) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
