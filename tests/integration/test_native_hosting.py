@@ -98,14 +98,18 @@ def test_protocol_garbage_ends_app_others_keep_serving(runtime: Runtime,
     """
     calm_handle = runtime.launch(write_app(tmp_path, "calm", calm))
     assert wait_until(lambda: reports(runtime, "calm"), 60)
+    # Text that is not a frame is the app's stdout (logged); a malformed frame header
+    # after it ends the app.
     garbage = """
     import os, time
     os.write(1, b"this is not a frame\\r\\n\\r\\n" * 100)
+    os.write(1, b"Content-Length: many\\r\\n\\r\\n")
     time.sleep(30)
     """
     bad = runtime.launch(write_app(tmp_path, "garbage", garbage, prelude=False))
     info = bad.wait(timeout=30)
     assert info is not None and info.reason is ExitReason.PROTOCOL_VIOLATION
+    assert any(" stdout this is not a frame" in line for line in runtime.logs("garbage"))
     huge = """
     import os, time
     os.write(1, b"Content-Length: 104857600\\r\\n\\r\\n" + b"x" * 65536)
