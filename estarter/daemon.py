@@ -212,6 +212,9 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
     from actors.options import BLOCKING
     from actors.supervisor import supervisor_prefix
 
+    from .console import service as console_service
+
+    console_service.stop(home)  # first: it is a client of the runtime going down
     info = read_runtime(home)
     killed: list[str] = []
     if info is not None and reachable(info.address) and not ray_api.is_initialized():
