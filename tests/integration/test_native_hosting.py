@@ -36,7 +36,9 @@ def test_permission_denied_names_permission_and_is_audited(runtime: Runtime,
     handle = runtime.launch(write_app(tmp_path, "nosysinfo", src))
     assert handle.wait(timeout=60).reason is ExitReason.EXITED
     assert reports(runtime, "nosysinfo") == [
-        {"outcome": "denied", "code": -32001, "data": {"permission": "system.info"}}]
+        {"outcome": "denied", "code": -32001,
+         # what the SDK needs to name the permission and the command that grants it
+         "data": {"permission": "system.info", "appId": "nosysinfo", "requested": False}}]
     denied = [a for a in runtime.kernel.audit("nosysinfo") if a["decision"] == "denied"]
     assert [(a["permission"], a["method"]) for a in denied] == [("system.info", "system.info")]
 

@@ -79,6 +79,7 @@ def test_every_api_call_is_permission_checked(runtime: Runtime, tmp_path: Path) 
     response = next(json.loads(line) for line in logged(runtime, "wasm-denied")
                     if line.startswith("{"))
     assert response["error"]["code"] == -32001
-    assert response["error"]["data"] == {"permission": "system.info"}
+    assert response["error"]["data"] == {"permission": "system.info", "appId": "wasm-denied",
+                                         "requested": False}
     denied = [a for a in runtime.kernel.audit("wasm-denied") if a["decision"] == "denied"]
     assert [a["permission"] for a in denied] == ["system.info"]
