@@ -195,11 +195,21 @@ def test_a_browser_logs_in_stops_an_app_answers_a_prompt_and_sees_hostile_text_a
         cells = browser.find_elements(By.CSS_SELECTOR, f'tr[data-app="{app}"] td.state')
         return cells[0].text if cells else ""
 
+    def click_on(selector: str) -> None:
+        """Click, finding the element again if a live update replaced it meanwhile (the
+        wait ignores StaleElementReferenceException and tries again)."""
+        def attempt(d: Any) -> bool:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+            return True
+
+        wait.until(attempt)
+
     def click(app: str, action: str) -> None:
-        browser.find_element(By.CSS_SELECTOR, f'tr[data-app="{app}"] .act-{action}').click()
+        click_on(f'tr[data-app="{app}"] .act-{action}')
 
     # The hostile name is shown as text, and nothing of it ran.
-    name = browser.find_element(By.CSS_SELECTOR, 'tr[data-app="ticker"] td.name').text
+    name = wait.until(lambda d: d.find_element(
+        By.CSS_SELECTOR, 'tr[data-app="ticker"] td.name').text)
     assert name == HOSTILE_NAME
 
     click("ticker", "launch")
@@ -212,7 +222,7 @@ def test_a_browser_logs_in_stops_an_app_answers_a_prompt_and_sees_hostile_text_a
     browser.get_screenshot_as_file(str(console["base"] / "apps-page.png"))
     if os.environ.get("ESTARTER_UPDATE_SCREENSHOT"):
         browser.get_screenshot_as_file(str(SCREENSHOT))
-    browser.find_element(By.CSS_SELECTOR, prompt).click()
+    click_on(prompt)
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, prompt))
 
     with api(console) as http:
