@@ -190,12 +190,16 @@ class RaySpawner:
     def spawn(self, policy: SandboxPolicy, run_id: int,
               node: str | None = None) -> RaySupervisorPort:
         req = self.request(policy, node)
+        # Whether the cluster had room before our actor asked for it: once Ray has
+        # placed it, the actor holds its resources while its worker starts (seconds
+        # on a loaded node), and "no room now" no longer tells "full" from "slow".
+        room_before = placement.fits(req, ray_api.available_resources())
         handle, ready, dedicated = self.pool.take(_options(req))
         try:
-            if self._wait_placed(policy, req, ready) is False:
+            if self._wait_placed(policy, req, ready, room_before) is False:
                 # A pooled supervisor refused its reset (it still runs an app).
                 handle, ready, dedicated = self.pool.fresh()
-                self._wait_placed(policy, req, ready)
+                self._wait_placed(policy, req, ready, room_before)
             started = ray_api.call(handle.start, policy, run_id, str(self.home), self.rules,
                                    timeout=120)
         except Unschedulable:
@@ -209,15 +213,18 @@ class RaySpawner:
         return self._add_watch(handle, policy.app_id, run_id, started.get("nodeId", ""),
                                dedicated)
 
-    def _wait_placed(self, policy: SandboxPolicy, req: ResourceRequest, ready: Any) -> Any:
+    def _wait_placed(self, policy: SandboxPolicy, req: ResourceRequest, ready: Any,
+                     room_before: bool = False) -> Any:
         """The readiness value once Ray has placed and started the actor. Bounded:
-        Unschedulable when it stays pending while the cluster has no room for it."""
+        Unschedulable when it stays pending while the cluster has no room for it.
+        ``room_before``: the cluster had room when the actor was asked for, so room
+        missing now may be the actor's own (placed, its worker still starting)."""
         started = time.monotonic()
         for _ in range(SLOW_START_PERIODS):
             done, _ = ray_api.wait([ready], timeout=self.pending_timeout)
             if done:
                 return ray_api.get(ready, timeout=60)
-            if not placement.fits(req, ray_api.available_resources()):
+            if not room_before and not placement.fits(req, ray_api.available_resources()):
                 break  # pending for capacity, not merely slow to start
         waited = time.monotonic() - started
         raise Unschedulable(

@@ -25,7 +25,9 @@ from estarter.placement import APP_SLOT
 CLUSTER_DIR = Path(__file__).resolve().parent
 NODE_MEMORY = 4 * 1024**3
 # Read by the kernel actor's process: the nodes pass their environment on to workers.
-CLUSTER_ENV = {"ESTARTER_PENDING_SECONDS": "3", "ESTARTER_NODE_DEATH_GRACE": "10",
+# A pending period long enough for a worker to start on a loaded 2-core machine
+# (the "slow to start" case waits four of them).
+CLUSTER_ENV = {"ESTARTER_PENDING_SECONDS": "15", "ESTARTER_NODE_DEATH_GRACE": "10",
                "ESTARTER_SUPERVISOR_POOL": "1"}
 FAST_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
                "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
