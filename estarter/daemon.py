@@ -160,7 +160,7 @@ def up(home: Path, address: str | None = None, strict: bool = False,
         ray_api.init(info.address)
         handle, _ = get_or_create_kernel(home, strict=strict, detached=True,
                                          rules=rules or RestartRules.from_env())
-        recovery = ray_api.get(handle.recovery_report.remote(), timeout=60)
+        recovery = ray_api.call(handle.recovery_report, timeout=60)
         if existing is None:
             write_runtime(home, info)
     except BaseException:
@@ -223,10 +223,10 @@ def down(home: Path, grace: float = 5.0) -> dict[str, Any]:
             ray_api.init(info.address)
             try:
                 kernel = ray_api.get_actor(KERNEL_NAME)
-                desc = ray_api.get(kernel.describe.remote(), timeout=30)
+                desc = ray_api.call(kernel.describe, timeout=30)
                 if desc["home"] == str(home):
-                    killed = ray_api.get(kernel.release.options(concurrency_group=BLOCKING)
-                                         .remote(grace, True), timeout=120 + grace)
+                    killed = ray_api.call(kernel.release, grace, True, timeout=120 + grace,
+                                          group=BLOCKING)
                     kill_runtime(kernel)  # and the VFS and permissions actors
             except EstarterError:
                 pass  # no kernel (or it does not answer): sweep what is left

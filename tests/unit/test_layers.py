@@ -180,3 +180,15 @@ def test_no_import_cycle_below_composition_even_inside_functions() -> None:
 
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_core_submits_no_ray_call_itself() -> None:
+    """The composition points (up/down, Runtime) reach Ray through ray_api too."""
+    bad = []
+    for path in sorted((ROOT / "estarter").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "remote"):
+                bad.append((rel, node.lineno))
+    assert bad == []
