@@ -12,7 +12,7 @@ SYSTEM_PACKAGES += systemd
 
 .PHONY: setup system-packages demo test lint typecheck pytest bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) samples/hello-c/app
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-packages
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
 	$(BIN)/python -m estarter.hosting.spawn  # build the C launcher (else: built on first use)
 	touch $(STAMP)
+
+# The C sample's native binary (this machine's code, not committed).
+samples/hello-c/app: samples/hello-c/app.c sdk/c/estarter_native.c sdk/c/estarter_native.h
+	sh samples/hello-c/build.sh
 
 # Debian packages the sandbox, the wasm samples and the console's browser test need;
 # installed only when missing.
