@@ -60,6 +60,7 @@
 #define MAX_ITEMS 32
 #define GUARD_KILL_MS 5000
 #define GUARD_RMDIR_MS 60000
+#define GUARD_WATCH_MS 120000
 
 struct rl { int resource; rlim_t soft, hard; };
 
@@ -249,6 +250,28 @@ static void sweep(void) {
     }
 }
 
+/* The app ended first. Either the supervisor cleans up (removes the app's cgroups),
+ * or the app's end was the supervisor's PDEATHSIG and the supervisor is dying: on a
+ * loaded host a dying Ray worker can take seconds to exit, and then nobody else
+ * removes the cgroups. So wait for whichever comes first: the cgroups gone (the
+ * supervisor did its job), the supervisor gone (sweep), or GUARD_WATCH_MS (a
+ * supervisor that keeps them on purpose). Returns whether the supervisor died. */
+static int wait_supervisor_cleanup(int sup_fd) {
+    long start = now_ms(), deadline = start + GUARD_WATCH_MS;
+    for (;;) {
+        struct pollfd s = { sup_fd, POLLIN, 0 };
+        if (poll(&s, 1, 200) > 0) return 1;
+        if (!opt.n_guard_procs) {  /* token mode: no cgroups to watch, a second's grace */
+            if (now_ms() - start >= 1000) return 0;
+            continue;
+        }
+        int left = 0;
+        for (int i = 0; i < opt.n_guard_procs && !left; i++)
+            left = access(opt.guard_procs[i], F_OK) == 0;
+        if (!left || now_ms() >= deadline) return 0;
+    }
+}
+
 static void guard(pid_t supervisor) {
     int app_fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     int sup_fd = (int)syscall(SYS_pidfd_open, supervisor, 0);
@@ -276,12 +299,7 @@ static void guard(pid_t supervisor) {
     struct pollfd fds[2] = { { app_fd, POLLIN, 0 }, { sup_fd, POLLIN, 0 } };
     while (poll(fds, 2, -1) < 0 && errno == EINTR) { }
     int sup_dead = fds[1].revents != 0;
-    if (!sup_dead) {
-        /* The app ended first. If that was the supervisor's PDEATHSIG, its own exit
-         * follows within moments: give it that long. */
-        struct pollfd s = { sup_fd, POLLIN, 0 };
-        sup_dead = poll(&s, 1, 1000) > 0;
-    }
+    if (!sup_dead) sup_dead = wait_supervisor_cleanup(sup_fd);
     if (sup_dead) sweep();
     _exit(0);
 }
