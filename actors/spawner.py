@@ -182,7 +182,8 @@ class RaySpawner:
         why = placement.unfit_reason(req, nodes)
         if why is not None:
             raise Unschedulable(f"{policy.app_id}: unschedulable: {why}",
-                                {"appId": policy.app_id, "request": req.ray_resources()})
+                                {"appId": policy.app_id, "request": req.ray_resources(),
+                                 "pending": False})
         return req
 
     # -- spawning --------------------------------------------------------------

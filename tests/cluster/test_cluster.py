@@ -6,7 +6,6 @@ it takes a worker node away for good.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,18 +52,16 @@ def test_apps_spread_by_cpu_capacity_and_too_big_is_unschedulable(
     placed = [sim_cluster.name_of(node_of(rt, a)) for a in ids]
     assert sorted(placed) == ["head", "w1", "w1", "w2", "w2"]
 
-    # One more CPU app could fit a node, but every CPU is taken: pending, then refused.
-    t0 = time.monotonic()
+    # One more CPU app could fit a node, but every CPU is taken: pending, then refused
+    # (the pending period is bounded; pytest's timeout catches a launch that hangs).
     with pytest.raises(Unschedulable, match="cluster is full") as full:
         rt.launch(write_app(tmp_path, "cpu-extra", SLEEPER, cpuQuota=100))
     assert full.value.data["pending"] is True
-    assert time.monotonic() - t0 < 30
 
     # No node has 8 GiB of Ray memory: refused at once, without pending.
-    t0 = time.monotonic()
-    with pytest.raises(Unschedulable, match="memory"):
+    with pytest.raises(Unschedulable, match="memory") as too_big:
         rt.launch(write_app(tmp_path, "too-big", SLEEPER, memoryLimitMb=8192))
-    assert time.monotonic() - t0 < 3
+    assert too_big.value.data["pending"] is False
     assert rt.info("too-big")["state"] == "failed"
     with pytest.raises(Unschedulable, match="names no live node"):
         rt.launch(write_app(tmp_path, "nowhere", SLEEPER), node="0123456789abcdef")
