@@ -22,7 +22,7 @@ from .cli_apps import home_of, printable
 from .console import cli as console_cli
 from .errors import EstarterError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="Run sandboxed apps on Ray (or locally).",
                   pretty_exceptions_enable=False)
 manifest_app = typer.Typer(no_args_is_help=True, help="Manifest tools.")
@@ -45,6 +45,22 @@ def exit_status(code: int | None) -> int:
     if code < 0:
         return 128 - code
     return min(code, 255)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .version import API_VERSION, __version__
+
+        out.print(f"estarter {__version__} (app API {API_VERSION[0]}.{API_VERSION[1]})",
+                  markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version (and the app API it serves) and exit")] = False) -> None:
+    """Run sandboxed apps on Ray (or locally)."""
 
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="ESTARTER_HOME",
@@ -170,8 +186,17 @@ def manifest_check(folder: Annotated[Path, typer.Argument(help="App folder")]) -
     try:
         manifest = load_manifest(folder)
     except EstarterError as exc:
-        raise fail(str(exc)) from None
+        raise fail(_with_meaning(exc)) from None
     out.print(json.dumps(manifest.to_json(), indent=2), markup=False)
+
+
+def _with_meaning(exc: EstarterError) -> str:
+    """The error, followed by what the key it names means (the schema's words)."""
+    from .manifest import describe_key
+
+    key = exc.data.get("key") if isinstance(exc.data, dict) else None
+    meaning = describe_key(key) if isinstance(key, str) else None
+    return f"{exc}. {key}: {meaning}" if meaning else str(exc)
 
 
 cli_apps.mount(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +25,7 @@ from pydantic import (
 
 from . import permissions as perms
 from .errors import ManifestError
+from .version import API_VERSION
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -35,12 +37,30 @@ class RuntimeKind(str, Enum):
     NATIVE = "native"
     WASM = "wasm"
     PYTHON = "python"
+    DOTNET = "dotnet"
 
 
 class RestartPolicy(str, Enum):
     NEVER = "never"
     ON_FAILURE = "on-failure"
     ALWAYS = "always"
+
+
+def api_level(value: int | str) -> tuple[int, int]:
+    """``minApiVersion`` as (major, minor): the original's integer N is (N, 0);
+    a string is 'MAJOR', 'MAJOR.MINOR' or 'MAJOR.MINOR.PATCH' (the patch is ignored:
+    a patch never changes the API). ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer or a 'MAJOR.MINOR' string")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return (value, 0)
+    match = re.fullmatch(r"(0|[1-9]\d{0,5})(?:\.(0|[1-9]\d{0,5}))?(?:\.(?:0|[1-9]\d{0,5}))?",
+                         value)
+    if match is None:
+        raise ValueError("must be an integer or a 'MAJOR.MINOR' string")
+    return (int(match.group(1)), int(match.group(2) or 0))
 
 
 def _camel(name: str) -> str:
@@ -59,36 +79,125 @@ class AppManifest(BaseModel):
         title="estarter app manifest",
     )
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="app id")
-    name: str = Field(default="", max_length=200)
-    version: str = Field(default="0.1.0", pattern=_SEMVER)
-    description: str = Field(default="", max_length=4000)
-    publisher: str = Field(default="", max_length=200)
-    category: str = Field(default="", max_length=100)
-    runtime: RuntimeKind = RuntimeKind.NATIVE
-    entry: str = Field(min_length=1, max_length=1024, description="path inside the app folder")
+    # Editors (VS Code, JetBrains) validate and complete a manifest that names its
+    # schema; estarter accepts the key and ignores its value.
+    schema_uri: str | None = Field(
+        default=None, alias="$schema", max_length=2048,
+        description="the JSON Schema this file follows, for editors: a path or URL of "
+                    "the output of `estarter manifest schema`; ignored by estarter")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+                    description="the app's id, unique on a host: 1 to 64 characters of "
+                                "a-z, 0-9, '.', '_' and '-', starting with a letter or "
+                                "digit; it names the app's data, grants and logs. Required")
+    name: str = Field(default="", max_length=200,
+                      description="display name, at most 200 characters; default: empty")
+    version: str = Field(default="0.1.0", pattern=_SEMVER,
+                         description="the app's version, semver MAJOR.MINOR.PATCH with an "
+                                     "optional -prerelease and +build; default 0.1.0")
+    description: str = Field(default="", max_length=4000,
+                             description="what the app does, at most 4000 characters; "
+                                         "default: empty")
+    publisher: str = Field(default="", max_length=200,
+                           description="who made the app, at most 200 characters; "
+                                       "default: empty")
+    category: str = Field(default="", max_length=100,
+                          description="a free-form group for listings, at most 100 "
+                                      "characters; default: empty")
+    runtime: RuntimeKind = Field(
+        default=RuntimeKind.NATIVE,
+        description="how the entry runs: native (an executable, run directly), python "
+                    "(a script run by the host's Python in isolated mode, the SDK "
+                    "importable), wasm (a WASI preview1 module run in wasmtime), dotnet "
+                    "(`dotnet ENTRY`, only where a .NET host is on PATH); default native")
+    entry: str = Field(min_length=1, max_length=1024,
+                       description="the file that runs: a relative POSIX path inside the "
+                                   "app folder (no '..', no leading '/', no backslash; a "
+                                   "symlink must stay inside too). Required")
     args: list[str] = Field(
-        default_factory=list, validation_alias=AliasChoices("args", "arguments"), max_length=256
+        default_factory=list, validation_alias=AliasChoices("args", "arguments"), max_length=256,
+        description="command-line arguments after the entry, at most 256 (no NUL); "
+                    "'arguments' is accepted too; default []",
     )
-    permissions: list[str] = Field(default_factory=list, max_length=64)
-    memory_limit_mb: int = Field(default=0, ge=0, le=1024 * 1024)
-    max_processes: int = Field(default=0, ge=0, le=65536)
-    cpu_quota: int = Field(default=0, ge=0, le=100 * (os.cpu_count() or 1))
-    network_allowed: bool = False
-    max_runtime_seconds: float = Field(default=0, ge=0, le=365 * 24 * 3600)
-    disk_quota_mb: int = Field(default=100, ge=0, le=1024 * 1024)
+    permissions: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="the permissions the app requests: names, bundles or the original "
+                    "program's names, at most 64; none or [] requests basic. Those in "
+                    "basic are granted without asking, any other only by the operator "
+                    "(install/run --grant, a prompt, `estarter permissions grant`)")
+    memory_limit_mb: int = Field(
+        default=0, ge=0, le=1024 * 1024,
+        description="memory the app may use, in MiB (cgroup memory.max; wasm: store "
+                    "limit); beyond it the app ends with exit reason memory_limit; "
+                    "0 = unlimited (default); at most 1048576")
+    max_processes: int = Field(
+        default=0, ge=0, le=65536,
+        description="processes and threads the app may have at once (cgroup pids.max); "
+                    "native, python and dotnet apps only; 0 = unlimited (default); "
+                    "at most 65536")
+    cpu_quota: int = Field(
+        default=0, ge=0, le=100 * (os.cpu_count() or 1),
+        description="CPU time the app may use, in percent of one core: 50 = half a core, "
+                    "100 = one core, 200 = two cores (cgroup cpu.max; wasm: fuel); "
+                    "0 = unlimited (default); at most 100 x this host's cores "
+                    f"({100 * (os.cpu_count() or 1)} here)")
+    network_allowed: bool = Field(
+        default=False,
+        description="the app may use the network: true requests net.access, and the "
+                    "network is there only once that is granted; false (default): "
+                    "loopback only")
+    max_runtime_seconds: float = Field(
+        default=0, ge=0, le=365 * 24 * 3600,
+        description="wall-clock seconds the app may run, then it is stopped with exit "
+                    "reason timeout; fractions allowed; 0 = unlimited (default); at most "
+                    "31536000 (a year)")
+    disk_quota_mb: int = Field(
+        default=100, ge=0, le=1024 * 1024,
+        description="MiB the app may hold in its VFS zones (appdata, cache, temp), "
+                    "enforced on fs.write (-32003 quota exceeded); 0 = it may write "
+                    "nothing; default 100; at most 1048576")
     # RLIMIT_NOFILE of a native app (soft = hard); 1024 is the usual soft default.
-    max_open_files: int = Field(default=DEFAULT_MAX_OPEN_FILES, ge=16, le=1024 * 1024)
+    max_open_files: int = Field(
+        default=DEFAULT_MAX_OPEN_FILES, ge=16, le=1024 * 1024,
+        description="files and sockets the app may have open at once (RLIMIT_NOFILE, "
+                    "soft = hard); native, python and dotnet apps only; default 1024; "
+                    "range 16 to 1048576")
     # Lines a second the app may log (stdout, stderr, log calls together), burst 2.5 s
     # of it; the runtime caps it (ESTARTER_LOG_LINES_PER_SECOND_CAP, applog.line_rate).
-    log_lines_per_second: int = Field(default=2000, ge=1, le=20000)
-    restart: RestartPolicy = RestartPolicy.NEVER
-    sandboxed: bool = True
+    log_lines_per_second: int = Field(
+        default=2000, ge=1, le=20000,
+        description="lines a second the app may log (stdout, stderr and log calls "
+                    "together; bursts of 2.5 s of it), beyond which lines are dropped "
+                    "and counted; the operator may cap it lower; default 2000; range 1 "
+                    "to 20000")
+    restart: RestartPolicy = Field(
+        default=RestartPolicy.NEVER,
+        description="what happens when the app ends: never (default), on-failure (it is "
+                    "started again after a non-zero exit, a crash or a limit), always; "
+                    "with a backoff from 1 s doubling to 30 s, and marked failed after "
+                    "more than 5 restarts within 60 s")
+    sandboxed: bool = Field(
+        default=True,
+        description="run in the sandbox: own namespaces, uid 65534, no capabilities, "
+                    "only system folders, the app folder (read-only) and its VFS zones "
+                    "visible; false (the host's folders read-only) needs the admin "
+                    "permission; default true")
     # Display-only keys of the original program, accepted and kept.
-    tile_size: str | None = None
-    background: str | None = None
-    min_api_version: str | None = None
-    exe_path: str | None = None
+    tile_size: str | None = Field(
+        default=None, description="the original program's tile size (display only; "
+                                  "accepted and kept, not used by estarter)")
+    background: str | None = Field(
+        default=None, description="the original program's tile background (display "
+                                  "only; accepted and kept, not used by estarter)")
+    # The original's integer API level N is our N.0 (DESIGN, "The original's manifests").
+    min_api_version: int | str | None = Field(
+        default=None,
+        description="the lowest kernel API version the app needs: an integer N (the "
+                    "original program's form, meaning N.0) or 'MAJOR.MINOR'; this "
+                    f"estarter serves {API_VERSION[0]}.{API_VERSION[1]} (the original's "
+                    "API 1) and refuses an app needing more; default: none")
+    exe_path: str | None = Field(
+        default=None, description="the original program's executable path (accepted and "
+                                  "kept, not used: entry is what runs)")
 
     @field_validator("entry")
     @classmethod
@@ -98,6 +207,16 @@ class AppManifest(BaseModel):
         path = PurePosixPath(value)
         if path.is_absolute() or ".." in path.parts or value.startswith("~"):
             raise ValueError("must stay inside the app folder")
+        return value
+
+    @field_validator("min_api_version")
+    @classmethod
+    def _api_served(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            needed = api_level(value)  # raises ValueError for a malformed one
+            if needed > API_VERSION:
+                raise ValueError(f"the app needs API {needed[0]}.{needed[1]}; this "
+                                 f"estarter serves {API_VERSION[0]}.{API_VERSION[1]}")
         return value
 
     @field_validator("permissions")
@@ -187,6 +306,70 @@ def resolve_entry(app_dir: Path, manifest: AppManifest) -> Path:
     return target
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_ENUM_MEANINGS = {
+    "RuntimeKind": "how the entry runs: native, python, wasm or dotnet",
+    "RestartPolicy": "what happens when the app ends: never, on-failure or always",
+}
+
+
 def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema of manifest.json (what ``estarter manifest schema`` prints)."""
-    return AppManifest.model_json_schema(by_alias=True, mode="validation")
+    """The JSON Schema of manifest.json (what ``estarter manifest schema`` prints).
+
+    Every property has a description (meaning, unit, default, range), and each
+    permission name, bundle and alias is listed with what it allows, as an ``anyOf``
+    of ``const`` values that editors show while completing."""
+    schema = AppManifest.model_json_schema(by_alias=True, mode="validation")
+    schema = {"$schema": JSON_SCHEMA_DIALECT, **schema}
+    for name, meaning in _ENUM_MEANINGS.items():
+        schema.get("$defs", {}).get(name, {}).setdefault("description", meaning)
+    prop = schema["properties"]["permissions"]
+    prop["description"] += ". " + permission_help()
+    prop["items"] = {
+        "type": "string",
+        "description": "a permission, a bundle, or the original program's name for one",
+        "anyOf": [{"const": name, "description": perms.describe(name)}
+                  for name in (*perms.ALL, *perms.BUNDLES, *perms.ALIASES)],
+    }
+    return schema
+
+
+def permission_help() -> str:
+    """Every permission and bundle with what it allows, on one line."""
+    known = [f"{name}: {perms.MEANINGS[name]}" for name in (*perms.ALL, *perms.BUNDLES)]
+    return ("Known names (" + "; ".join(known) + "). The original program's names ("
+            + ", ".join(perms.ALIASES) + ") are accepted for these")
+
+
+def describe_key(key: str) -> str | None:
+    """The schema's description of a manifest key as an error names it (``cpuQuota``,
+    ``env.0.name``, ``healthCheck.heartbeatSeconds``): the innermost one found."""
+    schema = manifest_schema()
+    defs = schema.get("$defs", {})
+    node: dict[str, Any] = schema
+    found: str | None = None
+    for part in key.split("."):
+        props = _properties(node, defs)
+        if part not in props:
+            if part.isdigit():
+                continue
+            break
+        node = props[part]
+        found = node.get("description", found)
+    return found
+
+
+def _properties(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The ``properties`` reachable from ``node`` through $ref, anyOf and items."""
+    stack = [node]
+    while stack:
+        here = stack.pop()
+        if "properties" in here:
+            return dict(here["properties"])
+        ref = here.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            stack.append(defs.get(ref.removeprefix("#/$defs/"), {}))
+        stack += [alt for alt in here.get("anyOf", []) if isinstance(alt, dict)]
+        if isinstance(here.get("items"), dict):
+            stack.append(here["items"])
+    return {}

@@ -1,4 +1,10 @@
-"""Permission names, bundles and the original program's aliases. No I/O."""
+"""Permission names, bundles, the original program's aliases and what each allows. No I/O.
+
+The device permissions (``DEVICES``) stand for a piece of the host (a camera, a
+microphone, a location provider, a display server): they belong to no bundle, are
+granted only by name, and only where the host has the device
+(``estarter.devices`` probes; ``PermissionManager.grant`` refuses otherwise).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +27,19 @@ ALL: tuple[str, ...] = (
     "ipc.receive",
     "ipc.broadcast",
     "admin",
+    "device.camera",
+    "device.mic",
+    "device.location",
+    "ui.overlay",
 )
+
+# Granted only by name and only where the host has the device: in no bundle.
+DEVICES: frozenset[str] = frozenset({"device.camera", "device.mic", "device.location",
+                                     "ui.overlay"})
 
 BASIC: frozenset[str] = frozenset({"fs.read", "ui.notification", "ipc.send", "ipc.receive"})
 STANDARD: frozenset[str] = BASIC | {"fs.write", "ui.clipboard", "ui.dialog", "process.launch"}
-FULL: frozenset[str] = frozenset(ALL) - {"admin"}
+FULL: frozenset[str] = frozenset(ALL) - {"admin"} - DEVICES
 BUNDLES: dict[str, frozenset[str]] = {"basic": BASIC, "standard": STANDARD, "full": FULL}
 
 # eStarter's C# flag names.
@@ -49,10 +63,63 @@ ALIASES: dict[str, str] = {
     "IpcReceive": "ipc.receive",
     "IpcBroadcast": "ipc.broadcast",
     "Admin": "admin",
+    "Camera": "device.camera",
+    "Mic": "device.mic",
+    "Microphone": "device.mic",
+    "Location": "device.location",
+    "Overlay": "ui.overlay",
     "Basic": "basic",
     "Standard": "standard",
     "Full": "full",
 }
+
+# What each name allows: the words of the manifest schema, ``manifest check`` and DESIGN.
+MEANINGS: dict[str, str] = {
+    "fs.read": "read files of the app's VFS zones (/appdata, /cache, /temp, /shared, "
+               "/system) with fs.read/list/exists/stat; registry.get/list; the zones are "
+               "mounted read-only in the sandbox",
+    "fs.write": "create and overwrite files in the app's zones (fs.write, fs.mkdir) "
+                "within diskQuotaMb; registry.set/delete",
+    "fs.delete": "delete files and folders in the app's zones (fs.delete)",
+    "net.access": "the network, together with networkAllowed: true (without both the "
+                  "sandbox has loopback only)",
+    "net.listen": "reserved for accepting incoming connections; no method needs it yet",
+    "ui.notification": "show notifications to the operator (ui.notify)",
+    "ui.clipboard": "read and set the clipboard text (ui.clipboard.get/set)",
+    "ui.dialog": "reserved for dialogs with the operator; no method needs it yet",
+    "process.launch": "launch other installed apps (process.launch)",
+    "process.kill": "stop other apps (process.terminate)",
+    "system.info": "read host and app facts: system.info, process.list, process.info",
+    "system.settings": "reserved for changing estarter's settings; no method needs it yet",
+    "ipc.send": "send messages to other apps (ipc.send)",
+    "ipc.receive": "subscribe to topics and receive messages (ipc.subscribe, ipc.receive)",
+    "ipc.broadcast": "send a message to every subscriber of a topic (ipc.broadcast)",
+    "admin": "everything, including system.shutdown and sandboxed: false (the app then "
+             "sees the host's folders read-only)",
+    "device.camera": "the host's cameras (/dev/video* inside the sandbox); granted only "
+                     "where the host has one (original name: Camera)",
+    "device.mic": "the host's audio capture devices (ALSA /dev/snd/pcm*c, with the "
+                  "control devices, inside the sandbox); granted only where the host has "
+                  "one (original name: Mic)",
+    "device.location": "the host's location provider, gpsd (its socket, /run/gpsd.sock or "
+                       "$GPSD_SOCKET, inside the sandbox); granted only where gpsd runs "
+                       "(original name: Location)",
+    "ui.overlay": "draw over other windows: a connection to the host's display server "
+                  "(its Wayland or X11 socket and DISPLAY/WAYLAND_DISPLAY inside the "
+                  "sandbox); granted only where one runs (original name: Overlay)",
+    "basic": "bundle: " + ", ".join(sorted(BASIC)) + " (what an app without a "
+             "permissions key asks for; granted without asking)",
+    "standard": "bundle: basic + " + ", ".join(sorted(STANDARD - BASIC)),
+    "full": "bundle: every permission but admin and the device permissions",
+}
+
+
+def describe(name: str) -> str:
+    """What a permission, bundle or alias allows (ValueError if unknown)."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in MEANINGS:
+        raise ValueError(f"unknown permission {name!r}")
+    return MEANINGS[canonical]
 
 
 def normalize(name: str) -> frozenset[str]:
@@ -89,9 +156,16 @@ def grant_command(app_id: str, perms: Iterable[str]) -> str:
     return f"estarter permissions grant {app_id} {' '.join(sorted(perms))}"
 
 
-def ungranted_report(app_id: str, requested: Iterable[str],
-                     granted: Iterable[str]) -> dict[str, object]:
-    """Requested but not granted, and the command that grants them (None if none)."""
+def ungranted_report(app_id: str, requested: Iterable[str], granted: Iterable[str],
+                     refused: dict[str, str] | None = None) -> dict[str, object]:
+    """Requested but not granted, and the command that grants them (None if none).
+    ``refused``: device permissions this host cannot give, with the reason (reported
+    under ``refused``, and left out of the command)."""
     missing = sorted(set(requested) - set(granted))
-    return {"ungranted": missing,
-            "grantCommand": grant_command(app_id, missing) if missing else None}
+    grantable = [p for p in missing if p not in (refused or {})]
+    report: dict[str, object] = {
+        "ungranted": missing,
+        "grantCommand": grant_command(app_id, grantable) if grantable else None}
+    if refused:
+        report["refused"] = dict(sorted(refused.items()))
+    return report

@@ -66,7 +66,7 @@ def test_arguments_alias_and_original_permission_names() -> None:
         ({"id": "-lead"}, "id"),
         ({"id": "a" * 65}, "id"),
         ({"version": "1.0"}, "version"),
-        ({"runtime": "dotnet"}, "runtime"),
+        ({"runtime": "java"}, "runtime"),
         ({"entry": "../x.py"}, "entry"),
         ({"entry": "/abs.py"}, "entry"),
         ({"entry": "a\\b.py"}, "entry"),

@@ -74,7 +74,7 @@ def test_factory_gives_wasm_host(tmp_path: Path) -> None:
 
 def test_factory_refuses_unknown_runtime(tmp_path: Path) -> None:
     p = dataclasses.replace(SandboxPolicy.from_manifest(manifest(), tmp_path),
-                            runtime="dotnet")  # type: ignore[arg-type]
+                            runtime="java")  # type: ignore[arg-type]
     with pytest.raises(NotSupported):
         create_host(p, ctx(tmp_path))
     assert RuntimeKind("wasm") is RuntimeKind.WASM
