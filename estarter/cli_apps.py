@@ -2,8 +2,10 @@
 
 ``install uninstall list doctor`` (and ``inspect`` of an app at rest) work on
 ``$ESTARTER_HOME`` whether or not a runtime is up; ``start stop restart ps`` talk
-to the runtime ``estarter up`` started (exit 2 with one line if none is);
-``logs`` reads the app's log file. ``mount(app)`` adds them to the main CLI.
+to the runtime ``estarter up`` started (exit 2 with one line if none is), over the
+kernel's socket with the operator token (``operator_of``: no Ray driver, no Ray
+import), else through ``Runtime.connect``; ``logs`` reads the app's log file.
+``mount(app)`` adds them to the main CLI.
 """
 
 from __future__ import annotations
@@ -94,6 +96,51 @@ def connected(home: Path | None) -> Iterator[Any]:
         rt.shutdown()
 
 
+class RuntimeOperator:
+    """The operator methods over ``Runtime`` (a Ray driver): the fallback of
+    ``operator_of``, with OperatorClient's methods."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    def ps(self) -> list[dict[str, Any]]:
+        return list(self.rt.kernel.ps())
+
+    def info(self, app_id: str) -> dict[str, Any]:
+        return dict(self.rt.info(app_id))
+
+    def start(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
+              node: str | None = None) -> dict[str, Any]:
+        return dict(self.rt.launch(ref, grants=grants, grant_all=grant_all, node=node).record)
+
+    def stop(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
+        return dict(self.rt.kernel.stop(app_id, grace))
+
+    def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
+        return dict(self.rt.restart(app_id, grace).record)
+
+
+@contextmanager
+def operator_of(home: Path | None) -> Iterator[Any]:
+    """The runtime of ``home`` for an operator command: over the kernel's socket
+    (``estarter.operator_client``, a few ms) when it answers with the operator token,
+    else through a Ray driver (``connected``: 1-2 s). Both offer ``ps info start stop
+    restart``; an EstarterError exits 2 with one line."""
+    from .operator_client import reach
+
+    root = home_of(home)
+    client = reach(root)
+    if client is not None:
+        try:
+            with errors_exit_2():
+                yield client
+        finally:
+            client.close()
+        return
+    with connected(root) as rt:
+        yield RuntimeOperator(rt)
+
+
 # -- packages ------------------------------------------------------------------
 
 
@@ -133,8 +180,8 @@ def uninstall(app_id: str, keep_data: Annotated[bool, typer.Option(
     root = home_of(home)
     if read_runtime(root) is not None:
         try:
-            with connected(root) as rt:
-                rt.kernel.stop(app_id, 2.0)
+            with operator_of(root) as op:
+                op.stop(app_id, 2.0)
         except (typer.Exit, NotFound):
             pass  # not up, or the app is not running there
     with errors_exit_2():
@@ -172,45 +219,74 @@ def start(app: Annotated[str, typer.Argument(help="Installed id, folder or packa
           as_json: JsonOpt = False, node: NodeOpt = None) -> None:
     """Start an app on the runtime that is up."""
     grants = checked_grants(grant)
-    with connected(home) as rt:
-        rec = rt.launch(app, grants=grants, grant_all=grant_all, node=node).record
+    with operator_of(home) as op:
+        rec = op.start(app, grants, grant_all, node)
     emit(rec, as_json, lambda: out.print(f"{rec['appId']}: {rec['state']}", markup=False))
 
 
 def stop(app_id: str, grace: GraceOpt = 5.0, home: HomeOpt = None,
          as_json: JsonOpt = False) -> None:
     """Stop a running app (ask, wait --grace, kill); it is not restarted."""
-    with connected(home) as rt:
-        rt.stop(app_id, grace)
-        rec = rt.info(app_id)
+    with operator_of(home) as op:
+        rec = op.stop(app_id, grace)
     emit(rec, as_json, lambda: out.print(f"{app_id}: {rec['state']}", markup=False))
 
 
 def restart(app_id: str, grace: GraceOpt = 5.0, home: HomeOpt = None,
             as_json: JsonOpt = False) -> None:
     """Stop an app if it runs, then start it again."""
-    with connected(home) as rt:
-        rec = rt.restart(app_id, grace).record
+    with operator_of(home) as op:
+        rec = op.restart(app_id, grace)
     emit(rec, as_json, lambda: out.print(f"{app_id}: {rec['state']}", markup=False))
 
 
 def ps(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Apps of the runtime that is up: state, pid, node, restarts, last exit."""
-    with connected(home) as rt:
-        rows = rt.list()
+    """Apps of the runtime that is up: state (``restarting`` while in restart backoff),
+    pid of the process that runs now, node, restarts, uptime, CPU, memory, last exit.
+    What is not known is left blank."""
+    with operator_of(home) as op:
+        rows = op.ps()
 
     def table() -> None:
-        t = Table("id", "state", "pid", "node", "run", "started", "exit")
+        t = Table("id", "state", "pid", "node", "run", "restarts", "started", "uptime",
+                  "cpu", "memory", "exit")
         for r in rows:
             started = (datetime.fromtimestamp(r["startedAt"]).strftime("%H:%M:%S")
-                       if r.get("startedAt") else "-")
+                       if r.get("startedAt") else "")
             ex = r.get("exit") or {}
-            t.add_row(r["appId"], r["state"], str(r.get("pid") or "-"), r.get("node") or "-",
-                      str(r.get("runId", "-")), started,
-                      f"{ex.get('reason')} ({ex.get('code')})" if ex else "-")
+            t.add_row(r["appId"], r["state"], _shown(r.get("pid")), r.get("node") or "",
+                      _shown(r.get("runId")), _shown(r.get("restarts")), started,
+                      _duration(r.get("uptime")), _cpu(r.get("cpuSeconds")),
+                      _memory(r.get("memoryBytes")),
+                      f"{ex.get('reason')} ({ex.get('code')})" if ex else "")
         out.print(t)
 
     emit(rows, as_json, table)
+
+
+def _shown(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return ""
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def _cpu(seconds: Any) -> str:
+    return f"{seconds:.1f}s" if isinstance(seconds, (int, float)) else ""
+
+
+def _memory(size: Any) -> str:
+    if not isinstance(size, (int, float)):
+        return ""
+    return f"{size / (1024 * 1024):.1f}M"
 
 
 def inspect(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
@@ -222,8 +298,8 @@ def inspect(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None
     data: dict[str, Any] | None = None
     if read_runtime(root) is not None:
         try:
-            with connected(root) as rt:
-                info = rt.info(app_id)
+            with operator_of(root) as op:
+                info = op.info(app_id)
             if info.get("host"):
                 data = info
         except (typer.Exit, NotFound):

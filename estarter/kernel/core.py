@@ -31,6 +31,7 @@ from .fs_service import VfsService
 from .grants import REQUEST_TIMEOUT_SECONDS, PermissionLifecycle
 from .ipc import Ipc
 from .methods import VFS_METHODS
+from .operator_access import OperatorService, status_rows
 from .permissions import PermissionManager
 from .ports import Spawner, SupervisorPort, VfsPort
 from .recovery import Attach
@@ -358,6 +359,23 @@ class Kernel:
                             "runId": row.run_id, "restart": row.restart, "exit": row.exit})
         return out
 
+    def ps(self) -> list[dict[str, Any]]:
+        """``list_apps`` as it is now (operator_access.status_row): an app in restart
+        backoff is ``restarting``, pids are those of processes that run, with
+        restarts, uptime, CPU and memory from its supervisor; an ended app whose
+        record is gone (``uninstall`` forgets it) leaves the list."""
+        with self._lock:
+            recs = list(self._apps.values())
+        ports = {r.app_id: r.supervisor for r in recs
+                 if r.exit is None and r.supervisor is not None}
+        kept = ({row.app_id for row in self.records.all()} if self.records is not None
+                else None)
+        known = {r.app_id for r in recs}
+        rows = [r.to_dict() for r in recs]
+        rows += [row for row in self.list_apps() if row["appId"] not in known]
+        return status_rows(rows, ports, lambda rec: kept is None or not rec.get("exit")
+                           or rec["appId"] in kept, self.clock())
+
     def adopt(self, app_id: str, run_id: int, ref: str, policy: SandboxPolicy,
               supervisor: SupervisorPort, info: dict[str, Any]) -> None:
         """Take back an app whose supervisor outlived a kernel restart."""
@@ -439,7 +457,8 @@ class Kernel:
             if self.socket is not None:
                 return
             server = SocketServer(self.home / "run", self.handle, self.authenticate,
-                                  self._attach, self._detach)
+                                  self._attach, self._detach,
+                                  operator=OperatorService(self))
             try:
                 server.start()
             except (EstarterError, OSError) as exc:

@@ -5,11 +5,15 @@ message must be the request ``auth.hello {token}``, within ``HELLO_SECONDS``; th
 token alone names the app (the client never says who it is). No token or a wrong
 one is answered -32001 and the connection is closed. After that the connection
 speaks the same JSON-RPC as a hosted app's stdio, and every call goes through
-``Kernel.handle``. Connections, in-flight calls, message size and queued output
-are all bounded, and each app's calls are admitted per app, whatever the number
-of its connections (``admission.py``): a few quick calls on the pool at once (the
-rest queue behind the app's own) and a capped number of waiting ones, on a pool of
-their own, so clients waiting for messages never delay quick calls.
+``Kernel.handle``. The operator token (``run/operator-token``) opens an operator
+connection instead: ``operator.*`` methods only, served by the ``OperatorGate``
+(``operator_access.py``), admitted under the identity ``@operator`` like an app's;
+an app connection is never served an ``operator.*`` method. Connections, in-flight
+calls, message size and queued output are all bounded, and each app's calls are
+admitted per app, whatever the number of its connections (``admission.py``): a few
+quick calls on the pool at once (the rest queue behind the app's own) and a capped
+number of waiting ones, on a pool of their own, so clients waiting for messages
+never delay quick calls.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import Busy, EstarterError, PermissionDenied
+from ..errors import Busy, EstarterError, MethodNotFound, PermissionDenied
 from ..protocol import messages as m
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FrameDecoder, FramingError, encode_frame
@@ -49,6 +53,19 @@ _CHUNK = 64 * 1024
 Handle = Callable[[str, str, Any], Any]  # (app_id, method, params) -> result
 Authenticate = Callable[[Any], "str | None"]  # token -> app id
 Attach = Callable[[str, "Connection"], None]
+OPERATOR_ID = "@operator"  # an operator connection's identity (never an app id)
+
+
+class OperatorGate(Protocol):
+    """Who may open an operator connection, and what it may call."""
+
+    def admits(self, token: Any) -> bool: ...
+
+    def hello(self) -> dict[str, Any]: ...
+
+    def is_blocking(self, method: str) -> bool: ...
+
+    def handle(self, method: str, params: Any) -> Any: ...
 
 
 class Connection:
@@ -56,9 +73,11 @@ class Connection:
     written by the connection's own thread; a client that stops reading loses
     notifications first and is disconnected when answers pile up."""
 
-    def __init__(self, sock: socket.socket, app_id: str, server: SocketServer) -> None:
+    def __init__(self, sock: socket.socket, app_id: str, server: SocketServer,
+                 operator: bool = False) -> None:
         self.sock = sock
         self.app_id = app_id
+        self.operator = operator
         self._server = server
         self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._out_bytes = 0
@@ -113,11 +132,16 @@ class Connection:
             if self._in_flight >= MAX_IN_FLIGHT:
                 raise Busy(f"more than {MAX_IN_FLIGHT} calls in flight on one connection")
             self._in_flight += 1
-        fut = self._server.submit(self.app_id, method, params)
+        try:
+            fut = (self._server.submit_operator(method, params) if self.operator
+                   else self._server.submit(self.app_id, method, params))
+        except BaseException:
+            self._done(None)
+            raise
         fut.add_done_callback(self._done)
         return fut
 
-    def _done(self, fut: concurrent.futures.Future[Any]) -> None:
+    def _done(self, fut: concurrent.futures.Future[Any] | None) -> None:
         with self._lock:
             self._in_flight -= 1
 
@@ -150,13 +174,15 @@ class Connection:
 class SocketServer:
     def __init__(self, run_dir: Path, handle: Handle, authenticate: Authenticate,
                  attach: Attach, detach: Attach, *, name: str = "kernel.sock",
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 operator: OperatorGate | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / name
         self._handle = handle
         self._authenticate = authenticate
         self._attach = attach
         self._detach = detach
+        self._operator = operator
         self._max = max_connections
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -194,7 +220,10 @@ class SocketServer:
 
     def submit(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
         """Serve one call of ``app_id`` on a pool thread (see admission.py); a waiting
-        call over its app's cap is refused with Busy."""
+        call over its app's cap is refused with Busy. Never an operator method."""
+        if isinstance(method, str) and method.startswith("operator."):
+            raise MethodNotFound(f"{method}: operator methods need the operator token",
+                                 {"method": method})
         if not is_blocking(method):
             return self._fair.submit(app_id, self._handle, app_id, method, params)
         self.admission.enter(app_id, method)
@@ -204,6 +233,24 @@ class SocketServer:
             self.admission.leave(app_id)
             raise
         fut.add_done_callback(lambda _: self.admission.leave(app_id))
+        return fut
+
+    def submit_operator(self, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        """Serve one call of an operator connection, admitted like an app's calls
+        under OPERATOR_ID: a start or stop on the waiting pool (at most
+        MAX_WAITING_CALLS at once), ``ps`` and ``info`` on the quick one."""
+        gate = self._operator
+        if gate is None:  # no gate, no operator connection: never reached
+            raise MethodNotFound(f"{method}: no operator access on this socket")
+        if not gate.is_blocking(method):
+            return self._fair.submit(OPERATOR_ID, gate.handle, method, params)
+        self.admission.enter(OPERATOR_ID, method)
+        try:
+            fut = self._waits.submit(gate.handle, method, params)
+        except RuntimeError:  # the pool is shut down
+            self.admission.leave(OPERATOR_ID)
+            raise
+        fut.add_done_callback(lambda _: self.admission.leave(OPERATOR_ID))
         return fut
 
     def connections(self) -> int:
@@ -255,15 +302,16 @@ class SocketServer:
             app_id, early = self._hello(client, decoder)
             if app_id is None:
                 return
-            conn = Connection(client, app_id, self)
+            conn = Connection(client, app_id, self, operator=app_id == OPERATOR_ID)
             with self._lock:
                 self._live.add(conn)
-            self._attach(app_id, conn)
+            if not conn.operator:  # an operator is no app: it gets no app's pushes
+                self._attach(app_id, conn)
             conn.serve(decoder, early)
         except Exception:  # one client must never take the server down
             log.exception("socket client failed")
         finally:
-            if conn is not None:
+            if conn is not None and not conn.operator:
                 self._detach(conn.app_id, conn)
                 with self._lock:
                     self._live.discard(conn)
@@ -273,7 +321,8 @@ class SocketServer:
 
     def _hello(self, client: socket.socket,
                decoder: FrameDecoder) -> tuple[str | None, list[bytes]]:
-        """Read the first message within HELLO_SECONDS; answer it; (app id, rest)."""
+        """Read the first message within HELLO_SECONDS; answer it; (app id, rest).
+        The app id is OPERATOR_ID for the operator token."""
         client.settimeout(HELLO_SECONDS)
         bodies: list[bytes] = []
         try:
@@ -292,10 +341,16 @@ class SocketServer:
         ok = (isinstance(msg, dict) and msg.get("method") == "auth.hello"
               and "id" in msg and isinstance(msg.get("params"), dict))
         msg_id = msg.get("id") if isinstance(msg, dict) else None
-        app_id = self._authenticate(msg["params"].get("token")) if ok else None
+        token = msg["params"].get("token") if ok else None
+        gate = self._operator
+        if ok and gate is not None and gate.admits(token):
+            client.sendall(encode_frame(m.response(msg_id, gate.hello())))
+            return OPERATOR_ID, bodies[1:]
+        app_id = self._authenticate(token) if ok else None
         if app_id is None:
             _refuse(client, PermissionDenied("no valid token: the kernel socket needs the "
-                                             "app's token (estarter token APP)"), msg_id)
+                                             "app's token (estarter token APP) or the "
+                                             "operator's (run/operator-token)"), msg_id)
             return None, []
         client.sendall(encode_frame(m.response(msg_id, {"appId": app_id})))
         return app_id, bodies[1:]

@@ -1,0 +1,295 @@
+"""Operator access over the kernel socket (issue 13), without Ray: the operator
+token opens ``operator.*`` and nothing else, app tokens never open it, wrong or
+absent tokens are refused; ``ps`` rows are honest; the CLI's operator commands go
+over the socket without importing Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estarter.console.auth import OPERATOR_TOKEN_FILE as CONSOLE_TOKEN_FILE
+from estarter.console.auth import ensure_token
+from estarter.errors import InvalidParams, MethodNotFound, NotFound, PermissionDenied
+from estarter.kernel.core import AppRecord, Kernel
+from estarter.kernel.operator_access import status_row
+from estarter.kernel.permissions import PermissionManager
+from estarter.operator_client import OPERATOR_TOKEN_FILE, OperatorClient, reach
+from estarter.paths import kernel_db, run_dir, state_db
+from estarter.protocol.framing import FrameDecoder, encode_frame
+from estarter.state import AppRecords
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tool"
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    home = tmp_path / "h"
+    k = Kernel(home, PermissionManager(state_db(home)), records=AppRecords(kernel_db(home)))
+    k.permissions.register(APP, ["fs.read"])
+    (run_dir(home) / "runtime.json").write_text("{}")  # as ``up`` leaves it
+    try:
+        yield k
+    finally:
+        k.shutdown()
+        k.permissions.close()
+        assert k.records is not None
+        k.records.close()
+
+
+def operator_token(home: Path) -> str:
+    return ensure_token(home).read_text().strip()
+
+
+def raw_call(path: Path, token: str, method: str, params: Any = None) -> list[dict[str, Any]]:
+    """hello with ``token`` and, if it is accepted, one call: every message the
+    kernel sent back (a refused hello: its answer, then the kernel closed)."""
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(10)
+        raw.connect(str(path))
+        decoder = FrameDecoder()
+        got: list[dict[str, Any]] = []
+
+        def read_until(msg_id: int) -> bool:
+            while not any(msg.get("id") == msg_id for msg in got):
+                data = raw.recv(65536)
+                if not data:
+                    return False
+                got.extend(json.loads(b) for b in decoder.feed(data))
+            return True
+
+        raw.sendall(encode_frame({"jsonrpc": "2.0", "id": 1, "method": "auth.hello",
+                                  "params": {"token": token}}))
+        read_until(1)
+        if "error" in got[0]:
+            assert raw.recv(65536) == b""  # and closed
+            return got
+        raw.sendall(encode_frame({"jsonrpc": "2.0", "id": 2, "method": method,
+                                  "params": params or {}}))
+        read_until(2)
+    return got
+
+
+def test_the_token_file_is_the_consoles() -> None:
+    assert OPERATOR_TOKEN_FILE == CONSOLE_TOKEN_FILE
+
+
+def test_operator_token_opens_operator_methods_only(kernel: Kernel) -> None:
+    operator_token(kernel.home)
+    client = reach(kernel.home)
+    assert client is not None
+    with client:
+        assert client.ps() == []
+        with pytest.raises(NotFound):
+            client.info("nosuch")
+        with pytest.raises(NotFound):
+            client.stop("nosuch", 1.0)
+        # An operator connection has no app identity: app methods are not served.
+        for method in ("system.ping", "fs.read", "permission.list"):
+            with pytest.raises(MethodNotFound):
+                client.call(method, {})
+        with pytest.raises(InvalidParams):
+            client.call("operator.stop", {"appId": "x", "grace": -1})
+        with pytest.raises(InvalidParams):
+            client.call("operator.start", {"ref": 3})
+        assert client.ps() == []  # still served after errors
+    assert kernel.socket is not None
+    assert kernel.socket.connections() <= 1  # this client is going away
+    assert "@operator" not in kernel._sockets  # never attached as an app
+
+
+def test_app_token_cannot_call_operator_methods(kernel: Kernel) -> None:
+    assert kernel.socket is not None
+    token = kernel.tokens.issue(APP)
+    for method in ("operator.ps", "operator.stop", "operator.start", "operator.info"):
+        got = raw_call(kernel.socket.path, token, method, {"appId": APP})
+        assert got[0]["result"] == {"appId": APP}  # the app's hello is accepted
+        answer = next(msg for msg in got if msg.get("id") == 2)
+        assert answer["error"]["code"] == -32601, answer
+    # Its own methods still work on the same kind of connection.
+    got = raw_call(kernel.socket.path, token, "system.ping")
+    assert "result" in next(msg for msg in got if msg.get("id") == 2)
+
+
+def test_an_app_cannot_reach_operator_methods_through_the_kernel() -> None:
+    # Hosted apps' calls reach Kernel.handle through their supervisor: no operator.*
+    # method is routed there (the router would answer -32601).
+    from estarter.kernel.router import Router
+
+    router = Router()
+    with pytest.raises(MethodNotFound):
+        router.lookup("operator.ps")
+
+
+def test_wrong_or_absent_operator_token_is_refused(kernel: Kernel) -> None:
+    assert kernel.socket is not None
+    # No token file yet: nothing opens an operator connection.
+    with pytest.raises(PermissionDenied):
+        OperatorClient.connect(kernel.home, "x" * 43)
+    assert reach(kernel.home) is None
+    real = operator_token(kernel.home)
+    for bad in ("", "x" * 43, real[:-1], real + "x", real.upper() if real.upper() != real
+                else real.lower()):
+        got = raw_call(kernel.socket.path, bad, "operator.ps")
+        assert got[0]["error"]["code"] == -32001, (bad, got)
+        assert not any(msg.get("id") == 2 for msg in got)  # closed before any call
+    # The file is read at each hello: a replaced token takes effect at once.
+    (run_dir(kernel.home) / OPERATOR_TOKEN_FILE).write_text("y" * 43)
+    with pytest.raises(PermissionDenied):
+        OperatorClient.connect(kernel.home, real)
+    with OperatorClient.connect(kernel.home, "y" * 43) as client:
+        assert client.ps() == []
+
+
+def test_reach_needs_a_recorded_runtime_and_an_answering_socket(kernel: Kernel,
+                                                                tmp_path: Path) -> None:
+    operator_token(kernel.home)
+    (run_dir(kernel.home) / "runtime.json").unlink()
+    assert reach(kernel.home) is None  # no runtime up: the caller says so (Ray path)
+    other = tmp_path / "other"
+    operator_token(other)
+    (run_dir(other) / "runtime.json").write_text("{}")
+    assert reach(other) is None  # a recorded runtime whose socket is gone
+
+
+class FakeSupervisor:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.answer = info
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.answer)
+
+    def stop(self, grace: float) -> dict[str, Any]:
+        return {"code": 0, "reason": "stopped", "detail": "", "restarts": 0}
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+
+def test_ps_shows_backoff_as_restarting_and_never_a_dead_pid(kernel: Kernel) -> None:
+    from estarter.policy import SandboxPolicy  # noqa: F401 - for the record's type only
+
+    policy: Any = type("P", (), {"runtime": type("R", (), {"value": "python"})(),
+                                 "restart": type("R", (), {"value": "always"})()})()
+    backing = AppRecord("backoff", 7, policy, 1000.0)
+    backing.state, backing.pid = backing.state.RUNNING, 4242  # what the kernel last heard
+    backing.supervisor = FakeSupervisor({"state": "exited", "pid": 4242, "restarts": 3,
+                                         "restartAt": 2000.0, "usage": {}})
+    up = AppRecord("up", 8, policy, 1000.0)
+    up.state, up.pid = up.state.RUNNING, 4243
+    up.supervisor = FakeSupervisor({"state": "running", "pid": 5555, "restarts": 1,
+                                    "restartAt": None, "startedAt": 1500.0,
+                                    "usage": {"cpuSeconds": 1.5, "memoryBytes": 1 << 20}})
+    kernel._apps.update({"backoff": backing, "up": up})
+    rows = {r["appId"]: r for r in kernel.ps()}
+    assert rows["backoff"]["state"] == "restarting" and rows["backoff"]["pid"] is None
+    assert rows["backoff"]["restarts"] == 3 and rows["backoff"]["restartAt"] == 2000.0
+    assert rows["up"]["state"] == "running" and rows["up"]["pid"] == 5555  # the new pid
+    assert rows["up"]["restarts"] == 1 and rows["up"]["cpuSeconds"] == 1.5
+    assert rows["up"]["memoryBytes"] == 1 << 20 and rows["up"]["uptime"] is not None
+
+
+def test_ps_drops_ended_apps_whose_record_is_gone(kernel: Kernel) -> None:
+    policy: Any = type("P", (), {"runtime": type("R", (), {"value": "python"})(),
+                                 "restart": type("R", (), {"value": "never"})()})()
+    assert kernel.records is not None
+    for app in ("kept", "gone"):
+        rec = AppRecord(app, kernel.records.next_run_id(), policy, 1000.0)
+        kernel.records.launched(app, rec.run_id, app, "never")
+        rec.exit = type("E", (), {"to_dict": lambda self: {"reason": "exited", "code": 0,
+                                                           "restarts": 2}})()
+        rec.state, rec.pid = rec.state.EXITED, 99
+        kernel._apps[app] = rec
+    kernel.records.forget("gone")  # what ``estarter uninstall`` does
+    rows = {r["appId"]: r for r in kernel.ps()}
+    assert set(rows) == {"kept"}
+    assert rows["kept"]["pid"] is None and rows["kept"]["restarts"] == 2
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    (None, {"state": "running", "pid": None, "cpuSeconds": None}),  # supervisor silent
+    ({"state": "running", "pid": None, "startedAt": 90.0, "restarts": 0,
+      "usage": {"cpuSeconds": 0.0, "memoryBytes": 0}},
+     {"state": "running", "pid": None, "cpuSeconds": None, "uptime": 10.0}),  # wasm
+    ({"state": "exited", "pid": 9, "restarts": 0},
+     {"state": "exited", "pid": None}),  # the final exit is on its way
+])
+def test_status_row_leaves_unknowns_blank(host: dict[str, Any] | None,
+                                          expected: dict[str, Any]) -> None:
+    rec = {"appId": "a", "state": "running", "pid": 9, "runtime": "wasm", "exit": None}
+    row = status_row(rec, host, now=100.0)
+    assert {k: row[k] for k in expected} == expected
+
+
+def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) -> None:
+    """ps, start, stop, restart and inspect against a fake kernel behind the real
+    socket server, in a fresh interpreter that must never import ray."""
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from estarter.console.auth import ensure_token
+        from estarter.kernel.operator_access import OperatorService
+        from estarter.kernel.socket_server import SocketServer
+
+        home = Path(sys.argv[1])
+        (home / "run").mkdir(parents=True)
+        (home / "run" / "runtime.json").write_text(json.dumps(
+            {"home": str(home), "address": "127.0.0.1:1", "started_head": True}))
+        ensure_token(home)
+        calls = []
+
+        class FakeKernel:
+            def __init__(self):
+                self.home = home
+            def rec(self, app, state):
+                return {"appId": app, "state": state, "runId": 1, "exit": None}
+            def ps(self):
+                calls.append("ps")
+                return [{"appId": "a", "state": "restarting", "pid": None, "runId": 1,
+                         "restarts": 2, "startedAt": None, "exit": None}]
+            def launch(self, ref, grants=None, grant_all=False, strict=None, node=None):
+                calls.append(("launch", ref, grants, grant_all, node))
+                return self.rec("a", "starting")
+            def stop(self, app_id, grace=5.0):
+                calls.append(("stop", app_id, grace))
+                return self.rec(app_id, "exited")
+            def restart(self, app_id, grace=5.0):
+                calls.append(("restart", app_id, grace))
+                return self.rec(app_id, "starting")
+            def app_info(self, app_id):
+                calls.append(("info", app_id))
+                return {**self.rec(app_id, "running"), "host": {"pid": 1}}
+
+        server = SocketServer(home / "run", lambda *a: None, lambda t: None,
+                              lambda *a: None, lambda *a: None,
+                              operator=OperatorService(FakeKernel()))
+        server.start()
+        from estarter.cli import app
+        for argv in (["ps"], ["ps", "--json"], ["start", "a", "--grant", "fs.read"],
+                     ["stop", "a", "--grace", "1"], ["restart", "a"], ["inspect", "a"]):
+            rc = app([*argv, "--home", str(home)], standalone_mode=False)
+            assert not rc, (argv, rc)
+        server.close()
+        print("CALLS", json.dumps(calls))
+        print("RAY", "ray" in sys.modules)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESTARTER_", "RAY_"))}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "home")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "RAY False" in lines, proc.stdout
+    calls = json.loads(next(ln for ln in lines if ln.startswith("CALLS "))[6:])
+    assert calls == ["ps", "ps", ["launch", "a", ["fs.read"], False, None],
+                     ["stop", "a", 1.0], ["restart", "a", 5.0], ["info", "a"]]
+    assert "restarting" in proc.stdout
