@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import pydeps
-from .errors import EstarterError
+from . import devices, pydeps
+from .errors import EstarterError, NotSupported
+from .hosting import dotnet_app
 from .kernel.permissions import PermissionManager
-from .manifest import AppManifest
+from .manifest import AppManifest, RuntimeKind, parse_manifest
 from .paths import kernel_db, log_file, state_db
 from .state import AppRecords
 from .store import AppStore
@@ -29,26 +30,55 @@ def install(home: Path, source: Path, grants: list[str], grant_all: bool,
     installed whole or not at all (see AppStore); grants name permissions only."""
     from . import permissions as names
 
+    named: set[str] = set()
     for name in grants:
         try:
-            names.normalize(name)
+            named |= names.normalize(name)
         except ValueError as exc:
             raise EstarterError(str(exc)) from None
+    cannot = devices.refusals(named)
+    if cannot:  # before anything lands, as the grant itself would refuse
+        raise NotSupported("; ".join(cannot.values()), {"refused": cannot})
+    if _source_runtime(source) is RuntimeKind.DOTNET:
+        dotnet_app.require()  # refused before anything lands
     # Before anything lands: bad requirements or a failed pip refuse the install.
     pydeps.ensure(home, pydeps.read_source(source))
     manifest = AppStore(home, on_step=on_step).install(source)
     pm = PermissionManager(state_db(home))
+    grantable, refused = devices.split(manifest.requested_permissions)
     try:
         pm.register(manifest.id, manifest.requested_permissions)
-        if grant_all:
-            pm.grant(manifest.id, manifest.requested_permissions, by="install")
+        if grant_all:  # all but the device permissions this host has no device for
+            pm.grant(manifest.id, grantable, by="install")
         elif grants:
             pm.grant(manifest.id, grants, by="install")
         granted = sorted(pm.granted(manifest.id))
     finally:
         pm.close()
     return {**_row(manifest), "granted": granted,
-            **names.ungranted_report(manifest.id, manifest.requested_permissions, granted)}
+            **names.ungranted_report(manifest.id, manifest.requested_permissions, granted,
+                                     refused)}
+
+
+def _source_runtime(source: Path) -> RuntimeKind | None:
+    """The runtime an app folder or package asks for, read before it is installed;
+    None when it cannot be read (the store's own checks then say why)."""
+    import zipfile
+
+    from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
+
+    try:
+        if source.is_dir():
+            raw = (source / MANIFEST_NAME).read_bytes()[:MAX_MANIFEST_BYTES + 1]
+        else:
+            with zipfile.ZipFile(source) as zf:
+                info = zf.getinfo(MANIFEST_NAME)
+                if info.file_size > MAX_MANIFEST_BYTES:
+                    return None
+                raw = zf.read(info)
+        return parse_manifest(raw).runtime
+    except (OSError, KeyError, zipfile.BadZipFile, EstarterError):
+        return None
 
 
 def uninstall(home: Path, app_id: str, keep_data: bool = False) -> None:

@@ -55,14 +55,19 @@ def home_of(home: Path | None) -> Path:
 def checked_grants(grants: list[str] | None) -> list[str]:
     """``--grant`` names (permissions, bundles, the original's aliases), checked before
     anything starts: an unknown one exits 2 with one line."""
+    from . import devices
     from . import permissions as names
 
+    named: set[str] = set()
     for name in grants or []:
         try:
-            names.normalize(name)
+            named |= names.normalize(name)
         except ValueError as exc:
             raise fail(f"--grant: {exc}; known: {' '.join(names.ALL)}, and the bundles "
                        f"{' '.join(names.BUNDLES)}") from None
+    refused = devices.refusals(named)
+    if refused:
+        raise fail(f"--grant: {'; '.join(refused.values())}")
     return list(grants or [])
 
 
@@ -166,8 +171,12 @@ def install(source: Annotated[Path, typer.Argument(help="App folder, .app.zip or
 def say_ungranted(report: dict[str, Any]) -> None:
     """Requested but not granted, and the exact command that grants them (stderr)."""
     if report.get("ungranted"):
-        err.print(f"not granted (requested by its manifest): {' '.join(report['ungranted'])}"
-                  f"\n  grant with: {report['grantCommand']}", markup=False)
+        line = f"not granted (requested by its manifest): {' '.join(report['ungranted'])}"
+        if report.get("grantCommand"):
+            line += f"\n  grant with: {report['grantCommand']}"
+        for reason in (report.get("refused") or {}).values():
+            line += f"\n  {reason}"
+        err.print(line, markup=False)
 
 
 def uninstall(app_id: str, keep_data: Annotated[bool, typer.Option(

@@ -35,6 +35,7 @@ def consent(home: Path, ref: str, grants: list[str], grant_all: bool,
     not hold and ``--grant`` does not give is asked about; a yes joins the grants
     (which persist, as ``--grant`` does). The report is None when the app cannot be
     read here: the launch then says why."""
+    from . import devices
     from .kernel.permissions import PermissionManager
     from .paths import state_db
     from .store import AppStore
@@ -44,8 +45,10 @@ def consent(home: Path, ref: str, grants: list[str], grant_all: bool,
     except EstarterError:
         return grants, None
     requested = manifest.requested_permissions
+    grantable, refused = devices.split(requested)  # no device here: not asked, reported
     if grant_all:
-        return grants, names.ungranted_report(manifest.id, requested, requested)
+        return grants, {"appId": manifest.id,
+                        **names.ungranted_report(manifest.id, requested, grantable, refused)}
     pm = PermissionManager(state_db(home))
     try:
         held = set(names.effective(requested, pm.grants(manifest.id)))
@@ -55,12 +58,12 @@ def consent(home: Path, ref: str, grants: list[str], grant_all: bool,
         held |= names.normalize(name) & requested
     grants = list(grants)
     if ask is not None:
-        for perm in sorted(requested - held):
+        for perm in sorted(grantable - held):
             if ask(f"{manifest.id} requests the permission {perm}. Grant it? [y/N] "):
                 grants.append(perm)
                 held.add(perm)
     return grants, {"appId": manifest.id,
-                    **names.ungranted_report(manifest.id, requested, held)}
+                    **names.ungranted_report(manifest.id, requested, held, refused)}
 
 
 def terminal_ask(json_out: bool) -> Ask | None:

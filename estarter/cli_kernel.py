@@ -118,13 +118,17 @@ def permissions_list(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False
 def permissions_grant(app_id: str, names: list[str], home: HomeOpt = None,
                       as_json: JsonOpt = False) -> None:
     """Grant permissions (or bundles) to APP; persists; answers its open requests."""
+    from .errors import EstarterError
+
     _check_names(names)
     pm = _manager(home)
     try:
         granted = sorted(pm.grant(app_id, names, by="cli"))
-        missing = sorted(set(names) - set(granted) - {"basic", "standard", "full"})
+    except EstarterError as exc:  # a device this host does not have, a bad name
+        raise _fail(str(exc)) from None
     finally:
         pm.close()
+    missing = sorted(set(names) - set(granted) - {"basic", "standard", "full"})
     lines = [f"granted: {' '.join(granted) or '-'}"]
     if missing:
         lines.append(f"not requested by the app's manifest, so not held: {' '.join(missing)}")

@@ -11,7 +11,7 @@ from .base import AppHost, HostContext
 def create_host(policy: SandboxPolicy, ctx: HostContext) -> AppHost:
     """A new, not yet started host for ``policy``. Raises NotSupported for a runtime
     this installation cannot host."""
-    if policy.runtime in (RuntimeKind.NATIVE, RuntimeKind.PYTHON):
+    if policy.runtime in (RuntimeKind.NATIVE, RuntimeKind.PYTHON, RuntimeKind.DOTNET):
         from .process_host import ProcessHost
 
         return ProcessHost(policy, ctx)

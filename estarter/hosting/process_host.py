@@ -30,7 +30,7 @@ from ..manifest import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FramingError, StdoutSplitter, encode_frame
-from . import limits, python_app
+from . import dotnet_app, limits, python_app
 from .applog import LOG_LINE_MAX, BoundedLog, line_rate, tagged
 from .base import ExitInfo, ExitReason, HostContext, HostState
 from .budget import release_big_allocations
@@ -50,6 +50,8 @@ def app_command(policy: SandboxPolicy) -> list[str]:
                                   policy.python_deps)
     if policy.runtime is RuntimeKind.NATIVE:
         return [str(policy.entry), *policy.args]
+    if policy.runtime is RuntimeKind.DOTNET:
+        return dotnet_app.command(policy.entry, policy.args)  # NotSupported: no host
     raise LaunchError(f"ProcessHost cannot run runtime {policy.runtime.value!r}")
 
 

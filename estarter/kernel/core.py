@@ -17,8 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import pydeps
+from .. import devices, pydeps
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
+from ..hosting import dotnet_app
 from ..hosting.applog import STREAMS, level_of, one_line
 from ..hosting.base import ExitInfo, ExitReason, HostState, lost
 from ..manifest import AppManifest, RuntimeKind, load_manifest
@@ -271,10 +272,12 @@ class Kernel:
             raise NotSupported("node affinity needs a Ray runtime", {"node": node})
         self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
+        if manifest.runtime is RuntimeKind.DOTNET:
+            dotnet_app.require()  # here, before any grant or record: a clear refusal
         app_id = manifest.id
         self.permissions.register(app_id, manifest.requested_permissions)
-        if grant_all:
-            self.permissions.grant(app_id, manifest.requested_permissions)
+        if grant_all:  # all but the device permissions this host has no device for
+            self.permissions.grant(app_id, devices.split(manifest.requested_permissions)[0])
         elif grants:
             self.permissions.grant(app_id, grants)
         policy = SandboxPolicy.from_manifest(

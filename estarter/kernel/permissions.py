@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .. import devices
 from .. import permissions as names
-from ..errors import InvalidParams
+from ..errors import InvalidParams, NotSupported
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
@@ -67,8 +68,11 @@ class PermissionManager:
     audit row; grant changes write through to SQLite before they return."""
 
     def __init__(self, db_path: Path, clock: Callable[[], float] = time.time, *,
-                 audit_rows_per_app: int = AUDIT_ROWS_PER_APP) -> None:
+                 audit_rows_per_app: int = AUDIT_ROWS_PER_APP,
+                 device_refusals: Callable[[Iterable[str]], dict[str, str]]
+                 = devices.refusals) -> None:
         self._db = connect(db_path)
+        self._device_refusals = device_refusals
         self._db.executescript(_SCHEMA)
         self._clock = clock
         self._lock = threading.RLock()
@@ -120,7 +124,10 @@ class PermissionManager:
 
     def grant(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
         """Grant permissions (names or bundles); returns the effective set. Open
-        requests of the app for them are answered granted."""
+        requests of the app for them are answered granted.
+
+        A device permission (``names.DEVICES``) this host has no device for is
+        refused: NotSupported naming it and the reason, and nothing is granted."""
         return self._set(app_id, perms, "granted", by)
 
     def revoke(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
@@ -276,6 +283,12 @@ class PermissionManager:
                 expanded |= names.normalize(name)
             except ValueError as exc:  # bad input from a caller, not a bug here
                 raise InvalidParams(str(exc), {"permission": name}) from None
+        if state == "granted":
+            refused = self._device_refusals(expanded)
+            if refused:
+                first = min(refused)
+                raise NotSupported("; ".join(refused[p] for p in sorted(refused)),
+                                   {"permission": first, "refused": refused})
         now = self._clock()
         with self._lock, self._tx():
             self._db.executemany(

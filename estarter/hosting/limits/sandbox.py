@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ... import devices
 from ...manifest import RuntimeKind
 from ...policy import SandboxPolicy
-from .. import python_app
+from .. import dotnet_app, python_app
 from ..base import HostContext
 
 SANDBOX_UID = 65534
@@ -99,10 +100,14 @@ def bwrap_argv(bwrap: str, policy: SandboxPolicy, ctx: HostContext,
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     else:
         argv += host_view(ctx, app_uid)
+    argv += devices.sandbox_args(policy.granted)  # granted devices the host has
     if policy.runtime is RuntimeKind.PYTHON:
         argv += python_mounts(policy.sandboxed)
         if policy.python_deps is not None:
             argv += ["--ro-bind", str(policy.python_deps), python_app.DEPS_MOUNT]
+    dotnet = dotnet_app.host() if policy.runtime is RuntimeKind.DOTNET else None
+    if dotnet is not None and policy.sandboxed:  # the .NET install, read-only
+        argv += dotnet_app.mounts(dotnet)
     argv += ["--ro-bind", str(policy.app_dir), str(policy.app_dir)]
     mounts = zone_mounts(policy, ctx)
     for virtual, host, writable in mounts:
