@@ -1,7 +1,7 @@
 """Run every benchmark (or those named) and print ratios against their targets.
 
     python -m benchmarks                 # all
-    python -m benchmarks native wasm    # some: native fs fairness wasm limits cluster
+    python -m benchmarks native wasm    # some: native fs fairness wasm limits cluster operator
     python -m benchmarks --json out.json
 """
 
@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-MODULES = ["native", "fs", "fairness", "wasm", "limits", "cluster"]
+MODULES = ["native", "fs", "fairness", "wasm", "limits", "cluster", "operator"]
 
 
 def main(argv: list[str] | None = None) -> int:
