@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, pydeps
+from .appconfig import AppConfig
 from .errors import EstarterError, NotSupported
 from .hosting import dotnet_app
 from .kernel.permissions import PermissionManager
@@ -86,6 +87,7 @@ def uninstall(home: Path, app_id: str, keep_data: bool = False) -> None:
     AppStore(home).uninstall(app_id, keep_data=keep_data)
     if keep_data:
         return
+    AppConfig(home).forget(app_id)
     pm = PermissionManager(state_db(home))
     try:
         pm.forget(app_id)
@@ -96,6 +98,20 @@ def uninstall(home: Path, app_id: str, keep_data: bool = False) -> None:
         records.forget(app_id)
     finally:
         records.close()
+
+
+def rollback(home: Path, app_id: str) -> dict[str, Any]:
+    """Put the previous version of an installed app back (the one it replaced becomes
+    the previous: a second rollback goes forward again) and register what that
+    version requests. Files only; a running app is restarted by the caller."""
+    back, replaced = AppStore(home).rollback(app_id)
+    pm = PermissionManager(state_db(home))
+    try:
+        pm.register(back.id, back.requested_permissions)
+        granted = sorted(pm.granted(back.id))
+    finally:
+        pm.close()
+    return {**_row(back), "from": replaced.version, "granted": granted}
 
 
 def list_installed(home: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cli_apps, cli_init, cli_kernel, cli_service
+from . import cli_apps, cli_init, cli_kernel, cli_service, cli_versions
 from .cli_apps import home_of, printable
 from .console import cli as console_cli
 from .errors import EstarterError
@@ -203,6 +203,7 @@ cli_apps.mount(app)
 cli_init.mount(app)
 cli_kernel.mount(app)
 cli_service.mount(app)
+cli_versions.mount(app)
 console_cli.mount(app)
 
 

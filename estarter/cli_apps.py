@@ -151,19 +151,29 @@ def operator_of(home: Path | None) -> Iterator[Any]:
 
 def install(source: Annotated[Path, typer.Argument(help="App folder, .app.zip or .eapp")],
             grant: GrantOpt = None, grant_all: GrantAllOpt = False, home: HomeOpt = None,
-            as_json: JsonOpt = False) -> None:
-    """Install (or upgrade) an app: validated whole before anything lands."""
+            as_json: JsonOpt = False,
+            defer: Annotated[bool, typer.Option(
+                "--no-restart", "--defer",
+                help="Do not restart a running app: the new version runs from its next "
+                     "start")] = False,
+            grace: GraceOpt = 5.0) -> None:
+    """Install (or upgrade) an app: validated whole before anything lands. An upgrade
+    keeps the version it replaces (``estarter rollback``) and restarts the app on the
+    new version if a runtime that is up runs it."""
     from .apps import install as do_install
+    from .cli_versions import after_install, say_restarted
 
     grants = checked_grants(grant)
     root = home_of(home)
     with errors_exit_2(), err.status(f"installing {source.name}", spinner="dots"):
         row = do_install(root, source, grants, grant_all)
+    row = after_install(root, row, defer, grace)
 
     def human() -> None:
         out.print(f"installed {row['appId']} {row['version']}; granted: "
                   f"{' '.join(row['granted']) or '-'}", markup=False)
         say_ungranted(row)
+        say_restarted(row, defer)
 
     emit(row, as_json, human)
 

@@ -68,6 +68,93 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+# App configuration (``env``): the variables an app takes, set by the operator with
+# ``estarter config set`` (estarter/appconfig.py). Bounded so that an app's whole
+# environment stays far below the 64 KiB of /proc/PID/environ the native launcher
+# reads when it sweeps an app's processes by their limits token.
+ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]{0,127}$"
+MAX_ENV_VARS = 64
+MAX_ENV_VALUE_BYTES = 4096
+MAX_ENV_TOTAL_BYTES = 32 * 1024
+# Names estarter sets itself (hosting/process_host.child_env, the wasm host's WASI
+# env, the launcher's ESTARTER_LIMITS_TOKEN), and prefixes that would change how the
+# launcher (root, before it drops privileges) or an interpreter behaves.
+RESERVED_ENV_NAMES = frozenset({"PATH", "LANG"})
+RESERVED_ENV_PREFIXES = ("ESTARTER_", "LD_", "PYTHON")
+
+
+def check_env_name(name: str) -> str:
+    """``name`` if an app may take it as a variable; ValueError saying why not."""
+    if not re.fullmatch(ENV_NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a variable name (upper case letters, digits "
+                         f"and _, not starting with a digit, at most 128)")
+    if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"{name!r} is reserved: estarter sets it or it changes how the "
+                         f"launcher or an interpreter behaves ("
+                         f"{', '.join(sorted(RESERVED_ENV_NAMES))} and "
+                         f"{', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)})")
+    return name
+
+
+def check_env_value(name: str, value: str) -> str:
+    """``value`` if it fits an environment variable; ValueError naming ``name``."""
+    if "\x00" in value:
+        raise ValueError(f"{name}: a value cannot contain NUL")
+    if len(value.encode("utf-8")) > MAX_ENV_VALUE_BYTES:
+        raise ValueError(f"{name}: a value is at most {MAX_ENV_VALUE_BYTES} bytes")
+    return value
+
+
+class EnvVar(BaseModel):
+    """One variable an app takes (an entry of ``env``)."""
+
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True,
+                              extra="forbid", frozen=True)
+
+    name: str = Field(description="the variable's name: [A-Z_][A-Z0-9_]*, not one "
+                                  "estarter sets (PATH, LANG, ESTARTER_*, LD_*, PYTHON*)")
+    description: str = Field(default="", max_length=1000,
+                             description="what the variable is for (shown by "
+                                         "`estarter config list`)")
+    secret: bool = Field(default=False,
+                         description="the value is a secret: stored 0600, never printed "
+                                     "or logged; a secret has no default")
+    default: str | None = Field(default=None,
+                                description="the value the app gets when the operator "
+                                            "set none (omit: the variable is then unset)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_env_name(value)
+
+    @model_validator(mode="after")
+    def _default(self) -> EnvVar:
+        if self.default is not None:
+            if self.secret:
+                raise ValueError(f"{self.name}: a secret cannot have a default (it would "
+                                 f"not be secret)")
+            check_env_value(self.name, self.default)
+        return self
+
+
+class HealthCheck(BaseModel):
+    """``healthCheck``: the app proves it is alive by calling ``system.heartbeat``."""
+
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True,
+                              extra="forbid", frozen=True)
+
+    heartbeat_seconds: float = Field(
+        ge=1, le=24 * 3600,
+        description="the app calls system.heartbeat at least this often; a missed "
+                    "heartbeat ends it (exit reason unresponsive) and its restart "
+                    "policy applies")
+    start_grace_seconds: float = Field(
+        default=10, ge=0, le=3600,
+        description="extra seconds before the first heartbeat is due, counted from "
+                    "the app's start (each restart too)")
+
+
 class AppManifest(BaseModel):
     """The validated contents of an app's ``manifest.json``."""
 
@@ -181,6 +268,14 @@ class AppManifest(BaseModel):
                     "only system folders, the app folder (read-only) and its VFS zones "
                     "visible; false (the host's folders read-only) needs the admin "
                     "permission; default true")
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=MAX_ENV_VARS,
+        description="the environment variables the app takes, set with `estarter config "
+                    "set APP NAME=VALUE`; nothing else from the host's environment "
+                    "reaches the app")
+    health_check: HealthCheck | None = Field(
+        default=None, description="a watchdog: the app must call system.heartbeat "
+                                  "at least every heartbeatSeconds")
     # Display-only keys of the original program, accepted and kept.
     tile_size: str | None = Field(
         default=None, description="the original program's tile size (display only; "
@@ -233,6 +328,18 @@ class AppManifest(BaseModel):
             raise ValueError("arguments cannot contain NUL")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _env_names_once(cls, value: list[EnvVar] | None) -> list[EnvVar] | None:
+        names = [var.name for var in value or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"declared more than once: {', '.join(twice)}")
+        total = sum(len(var.default.encode()) for var in value or [] if var.default)
+        if total > MAX_ENV_TOTAL_BYTES:
+            raise ValueError(f"defaults take more than {MAX_ENV_TOTAL_BYTES} bytes")
+        return value
+
     @model_validator(mode="after")
     def _unsandboxed_needs_admin(self) -> AppManifest:
         if not self.sandboxed and "admin" not in self.requested_permissions:
@@ -246,6 +353,10 @@ class AppManifest(BaseModel):
         only once the operator grants it."""
         asked = perms.expand(self.permissions)
         return asked | {"net.access"} if self.network_allowed else asked
+
+    def declared_env(self) -> dict[str, EnvVar]:
+        """The variables the app takes, by name (``env``; none if it has no ``env``)."""
+        return {var.name: var for var in self.env or []}
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -47,6 +47,12 @@ class SandboxPolicy:
     # A python app's own dependencies (its requirements.txt, installed by pip):
     # bound read-only into the sandbox and put on its sys.path (pydeps.py).
     python_deps: Path | None = None
+    # The operator's configuration (manifest ``env``, appconfig.py), values included:
+    # kept out of repr so that no log line or error message that shows a policy
+    # shows a secret. Set by the kernel at launch (``with_app_env``).
+    app_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    heartbeat_seconds: float = 0.0  # 0: no healthCheck
+    heartbeat_grace_seconds: float = 0.0  # added to the first heartbeat's deadline
 
     @classmethod
     def from_manifest(
@@ -79,7 +85,14 @@ class SandboxPolicy:
             strict=strict,
             version=manifest.version,
             log_lines_per_second=manifest.log_lines_per_second,
+            heartbeat_seconds=(manifest.health_check.heartbeat_seconds
+                               if manifest.health_check else 0.0),
+            heartbeat_grace_seconds=(manifest.health_check.start_grace_seconds
+                                     if manifest.health_check else 0.0),
         )
+
+    def with_app_env(self, env: dict[str, str]) -> SandboxPolicy:
+        return replace(self, app_env=tuple(sorted(env.items())))
 
     def with_grants(self, granted: frozenset[str]) -> SandboxPolicy:
         return replace(self, granted=granted & self.requested)

@@ -130,13 +130,42 @@ class Runtime:
     start_app = launch
 
     def install(self, path: str | os.PathLike[str], grants: builtins.list[str] | None = None,
-                grant_all: bool = False) -> dict[str, Any]:
+                grant_all: bool = False, restart: bool = True,
+                grace: float = 5.0) -> dict[str, Any]:
         """Install (or upgrade) an app; its requested permissions are registered and
-        ``grants`` / ``grant_all`` given now. Works without Ray (only files)."""
+        ``grants`` / ``grant_all`` given now. The version it replaces is kept (see
+        :meth:`rollback`). If the app runs in this runtime it is restarted on the new
+        version, unless ``restart`` is False (then the next start runs it).
+        The result's ``restarted`` says which."""
         from .apps import install
 
         self._check()
-        return install(self.home, Path(path), grants or [], grant_all)
+        row = install(self.home, Path(path), grants or [], grant_all)
+        return {**row, "restarted": bool(restart and self.reload(row["appId"], grace))}
+
+    def rollback(self, app_id: str, restart: bool = True, grace: float = 5.0
+                 ) -> dict[str, Any]:
+        """Go back to the version the last install replaced (and forward again on a
+        second call); restarts the app on it if it runs here, unless ``restart`` is
+        False. NotFound if no previous version is kept."""
+        from .apps import rollback
+
+        self._check()
+        row = rollback(self.home, app_id)
+        return {**row, "restarted": bool(restart and self.reload(app_id, grace))}
+
+    def reload(self, app_id: str, grace: float = 5.0) -> dict[str, Any] | None:
+        """If the app runs in this runtime (or waits out a restart backoff): stop it
+        (ask, wait ``grace``, kill) and start the installed version by its id. Returns
+        the new run's record, or None if it was not running (nothing is started)."""
+        self._check()
+        live = [r for r in self.kernel.list_apps()
+                if r.get("appId") == app_id and not r.get("exit")
+                and r.get("state") in ("starting", "running", "stopping")]
+        if not live:
+            return None
+        self.kernel.stop(app_id, grace)
+        return dict(self.kernel.launch(app_id, [], False))
 
     def uninstall(self, app_id: str, keep_data: bool = False) -> None:
         """Stop the app if it runs, remove it and, unless ``keep_data``, its data."""

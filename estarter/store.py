@@ -3,6 +3,7 @@
 Layout::
 
     home/apps/<id>/               an installed app (its manifest.json at the top)
+    home/previous/<id>/           the version it replaced (``rollback`` swaps the two)
     home/staging/new.<token>/     an install being extracted or copied
     home/staging/old.<token>.<id> the previous version, set aside during an upgrade
     home/staging/del.<token>      something being deleted
@@ -13,8 +14,10 @@ An install is published by one ``rename`` into ``apps/``, and an upgrade first
 renames the old folder aside into ``staging/``. So after a ``kill -9`` at any moment
 ``apps/<id>`` is the old app, the new app or absent, never half of one; the next
 :class:`AppStore` puts a set-aside old version back if the new one never arrived
-and deletes everything else left in ``staging/``. One ``flock`` serialises the
-processes that change the store; it dies with its holder.
+and deletes everything else left in ``staging/``. A set-aside version whose
+successor did arrive becomes ``previous/<id>`` (an upgrade keeps one previous
+version; a rollback is the same three renames the other way). One ``flock``
+serialises the processes that change the store; it dies with its holder.
 """
 
 from __future__ import annotations
@@ -70,12 +73,13 @@ class AppStore:
         self.home = Path(home)
         self.apps_dir = self.home / "apps"
         self.staging_dir = self.home / "staging"
+        self.previous_dir = self.home / "previous"
         self.cache_dir = self.home / "cache" / "packages"
         self.vfs_dir = self.home / "vfs"
         self.limits = limits
         self._lock_timeout = lock_timeout
         self._on_step = on_step
-        for folder in (self.apps_dir, self.staging_dir, self.cache_dir):
+        for folder in (self.apps_dir, self.staging_dir, self.cache_dir, self.previous_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.recover()
 
@@ -92,6 +96,17 @@ class AppStore:
         if manifest.id != app_id:
             raise PackageError(f"{folder}: holds the manifest of {manifest.id!r}, not {app_id!r}")
         return manifest, folder
+
+    def previous(self, app_id: str) -> AppManifest | None:
+        """The manifest of the version kept for ``rollback``, or None."""
+        folder = self.previous_dir / app_id
+        if not _APP_ID.match(app_id) or not folder.is_dir():
+            return None
+        try:
+            return load_manifest(folder)
+        except EstarterError as exc:
+            log.warning("previous version of %s is damaged: %s", app_id, exc)
+            return None
 
     def list(self) -> list[AppManifest]:
         """Installed apps sorted by id; a damaged one is logged and skipped."""
@@ -141,6 +156,39 @@ class AppStore:
                 self._recover_locked()
                 raise
 
+    def rollback(self, app_id: str) -> tuple[AppManifest, AppManifest]:
+        """Swap the installed version and the previous one; returns (now installed,
+        now previous). A second rollback goes forward again. Crash-safe like an
+        install: the installed one is set aside first, so an interruption leaves
+        the old state or the new one (``recover``). NotFound without a previous."""
+        if not _APP_ID.match(app_id):
+            raise NotFound(f"{app_id!r} is not a valid app id", {"appId": app_id})
+        with self._locked():
+            current, previous = self.apps_dir / app_id, self.previous_dir / app_id
+            if not current.is_dir():
+                raise NotFound(f"app {app_id!r} is not installed", {"appId": app_id})
+            if not previous.is_dir():
+                raise NotFound(f"app {app_id!r} has no previous version to roll back to "
+                               "(one is kept when a new version is installed)",
+                               {"appId": app_id})
+            back = load_manifest(previous)  # refuse a damaged one before anything moves
+            aside = self.staging_dir / f"old.{secrets.token_hex(8)}.{app_id}"
+            try:
+                os.replace(current, aside)
+                fsync_dir(self.apps_dir)
+                self._step("old-aside")
+                os.replace(previous, current)
+                fsync_dir(self.previous_dir)
+                fsync_dir(self.apps_dir)
+                self._step("new-in")
+                self._keep_previous(aside, app_id)
+                self._step("done")
+            except BaseException:
+                self._recover_locked()
+                raise
+            log.info("rolled %s back to %s", app_id, back.version)
+            return back, load_manifest(previous)
+
     def uninstall(self, app_id: str, keep_data: bool = False) -> None:
         """Remove an installed app and, unless ``keep_data``, its per-app VFS data."""
         # Only the id is checked: a damaged app (bad manifest) must still be removable.
@@ -151,6 +199,8 @@ class AppStore:
             if not folder.is_dir():
                 raise NotFound(f"app {app_id!r} is not installed", {"appId": app_id})
             self._discard(folder)
+            if (self.previous_dir / app_id).is_dir():
+                self._discard(self.previous_dir / app_id)
             if not keep_data and self.vfs_dir.is_dir():
                 for zone in sorted(self.vfs_dir.iterdir()):
                     data = zone / app_id
@@ -192,7 +242,7 @@ class AppStore:
         fsync_dir(self.apps_dir)
         self._step("new-in")
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._keep_previous(old, manifest.id)
         self._step("done")
         log.info("installed %s %s", manifest.id, manifest.version)
         return manifest
@@ -207,6 +257,10 @@ class AppStore:
                 os.replace(item, self.apps_dir / app_id)
                 fsync_dir(self.apps_dir)
                 log.warning("restored %s after an interrupted upgrade", app_id)
+                continue
+            if kind == "old" and _APP_ID.match(app_id) and item.is_dir():
+                # Its successor arrived: it is the version to roll back to.
+                self._keep_previous(item, app_id)
                 continue
             log.info("removing leftover %s", item)
             _remove(item)
@@ -234,6 +288,15 @@ class AppStore:
                 _remove(copy)
                 _remove(new)
         return manifest, dest
+
+    def _keep_previous(self, folder: Path, app_id: str) -> None:
+        """Make ``folder`` (a replaced version) ``previous/<id>``; the one kept before goes."""
+        target = self.previous_dir / app_id
+        if target.exists() or target.is_symlink():
+            self._discard(target)
+        os.replace(folder, target)
+        fsync_dir(self.previous_dir)
+        fsync_dir(folder.parent)
 
     def _discard(self, path: Path) -> None:
         """Take ``path`` out of view with one rename, then delete it."""

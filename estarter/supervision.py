@@ -24,7 +24,7 @@ from .errors import Busy, EstarterError, RuntimeClosed
 from .hosting.applog import STREAMS, level_of, one_line
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
-from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS
+from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS, SUPERVISOR_METHODS
 from .manifest import RestartPolicy
 from .metrics import AppMetrics, outcome_of, process_usage
 from .paths import app_zones, log_file
@@ -191,6 +191,14 @@ class Supervisor:
         self._final_event = threading.Event()
         self._restart_timer: Cancellable | None = None
         self._restart_at: float | None = None  # set while waiting out a backoff
+        # healthCheck: when the current run's next heartbeat is due (clock time), the
+        # timer that looks, and the host ended for missing one (its exit is reported
+        # as unresponsive, not as the stop that ended it).
+        self._beat_due: float | None = None
+        self._beat_timer: Cancellable | None = None
+        self._beat_check_at: float | None = None  # when that timer fires
+        self._beat_generation = 0
+        self._unresponsive: AppHost | None = None
         self._log = _AppLog(log_file(self.home, self.app_id), self.app_id)
         self._flush_interval = flush_interval
         self._waiting_calls = 0
@@ -222,6 +230,7 @@ class Supervisor:
             timer, self._restart_timer = self._restart_timer, None
             if timer is not None:
                 timer.cancel()
+            self._cancel_heartbeat_watch()
             host = self._host
             between = host is None or self._restart_at is not None
         if between:  # waiting out a backoff: nothing runs, so nothing reports an exit
@@ -243,6 +252,20 @@ class Supervisor:
         host = self._host
         if host is not None:
             host.notify(method, params)
+
+    def heartbeat(self) -> dict[str, Any]:
+        """``system.heartbeat``: the app is alive; its next one is due in
+        ``heartbeatSeconds``. Answered here, never blocks; a no-op without a healthCheck."""
+        every = self.policy.heartbeat_seconds
+        with self._lock:
+            if every > 0 and self._beat_due is not None and self._host is not None:
+                self._beat_due = self._clock() + every
+                if self._beat_check_at is not None and self._beat_due < self._beat_check_at:
+                    # The first beat, while the timer waits out the start grace: look
+                    # again when this one is due, not when the grace ends.
+                    self._cancel_heartbeat_timer()
+                    self._arm_heartbeat(self._host, every)
+        return {"watched": every > 0, "heartbeatSeconds": every or None}
 
     def info(self, usage: bool = True) -> dict[str, Any]:
         """The app's state and counters; ``usage``: also sample its processes' CPU and
@@ -295,9 +318,74 @@ class Supervisor:
                                     f"{self.policy.version}, pid {host.pid}, node {self.node}")
             self.kernel.running(self.app_id, self.run_id,
                                 {"pid": host.pid, "node": self.node})
+            self._watch_heartbeat(host)
+
+    # -- the healthCheck watchdog ----------------------------------------------
+
+    def _watch_heartbeat(self, host: AppHost) -> None:
+        """Arm the watchdog for this run: the first heartbeat is due ``startGraceSeconds
+        + heartbeatSeconds`` after the start, each next one ``heartbeatSeconds`` after
+        the last. One timer per run, re-armed for what is left when it fires early."""
+        every = self.policy.heartbeat_seconds
+        if every <= 0:
+            return
+        with self._lock:
+            if self._stopping or self._host is not host:
+                return
+            self._cancel_heartbeat_watch()
+            self._beat_due = self._clock() + self.policy.heartbeat_grace_seconds + every
+            self._arm_heartbeat(host, self._beat_due - self._clock())
+
+    def _arm_heartbeat(self, host: AppHost, delay: float) -> None:
+        delay = max(0.0, delay)
+        self._beat_check_at = self._clock() + delay
+        self._beat_generation += 1  # a timer cancelled too late finds itself stale
+        generation = self._beat_generation
+        self._beat_timer = self._schedule(delay,
+                                          lambda: self._check_heartbeat(host, generation))
+
+    def _cancel_heartbeat_timer(self) -> None:
+        timer, self._beat_timer, self._beat_check_at = self._beat_timer, None, None
+        if timer is not None:
+            timer.cancel()
+
+    def _cancel_heartbeat_watch(self) -> None:
+        self._cancel_heartbeat_timer()
+        self._beat_due = None
+
+    def _check_heartbeat(self, host: AppHost, generation: int) -> None:
+        """The watchdog's step: nothing (another run, stopping, ended), re-arm (a
+        heartbeat came in time), or end the app, whose exit then reads unresponsive."""
+        with self._lock:
+            due = self._beat_due
+            if (due is None or generation != self._beat_generation
+                    or host is not self._host or self._stopping
+                    or self._final is not None or host.state is not HostState.RUNNING):
+                return
+            now = self._clock()
+            if now < due:
+                self._arm_heartbeat(host, due - now)
+                return
+            self._beat_timer, self._beat_due, self._beat_check_at = None, None, None
+            self._unresponsive = host
+        self._log.write("error", f"no system.heartbeat within "
+                                 f"{self.policy.heartbeat_seconds:g} s: ending the app")
+        try:
+            host.stop(0)  # an app that does not answer would not answer app.shutdown
+        except EstarterError as exc:
+            self._log.write("error", f"could not end the unresponsive app: {exc}")
 
     def _on_exit(self, info: ExitInfo) -> None:
         """Runs on the host's thread when the app ends: one supervision step."""
+        with self._lock:
+            ended_by_watchdog = self._unresponsive is not None \
+                and self._unresponsive is self._host
+            self._unresponsive = None
+            if self._host is not None and self._beat_due is not None:
+                self._cancel_heartbeat_watch()
+        if ended_by_watchdog and info.reason is ExitReason.STOPPED:
+            info = ExitInfo(info.code, ExitReason.UNRESPONSIVE,
+                            f"no system.heartbeat within {self.policy.heartbeat_seconds:g} s")
         self.metrics.exited(info.reason.value)
         level = "info" if info.reason in (ExitReason.EXITED, ExitReason.STOPPED) else "error"
         self._log.write(level, f"app ended: {info.reason.value} (code {info.code}), run "
@@ -361,6 +449,7 @@ class Supervisor:
                            "restarts": self._total_restarts,
                            "metrics": self.metrics.snapshot()}
             self._restart_at = None
+            self._cancel_heartbeat_watch()
         self._flush()
         try:
             self.kernel.exited(self.app_id, self.run_id, self._final)
@@ -384,6 +473,10 @@ class Supervisor:
                                time.perf_counter() - began)
 
     def _forward(self, method: str, params: Any) -> concurrent.futures.Future[Any]:
+        if method in SUPERVISOR_METHODS:  # system.heartbeat: this supervisor watches it
+            beat: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            beat.set_result(self.heartbeat())
+            return beat
         if method == "log" and isinstance(params, dict):
             # Served here: a log line needs no kernel round trip of its own.
             fut: concurrent.futures.Future[Any] = concurrent.futures.Future()

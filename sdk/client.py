@@ -152,6 +152,13 @@ class EStarterClient:
         """Write a line to the app's log (``debug``, ``info``, ``warning``, ``error``)."""
         self.notify("log", {"level": level, "message": message})
 
+    def heartbeat(self) -> dict[str, Any]:
+        """``system.heartbeat``: tell the app's supervisor it is alive. An app whose
+        manifest has a ``healthCheck`` must call this at least every
+        ``heartbeatSeconds`` or it is ended (exit reason ``unresponsive``) and its
+        restart policy applies. Answers ``{"watched": bool, "heartbeatSeconds": n}``."""
+        return dict(self.call("system.heartbeat"))
+
     # --- messages from the host ---------------------------------------------
 
     def on(self, method: str, fn: Handler) -> Handler:

@@ -28,6 +28,7 @@ class ExitReason(str, Enum):
     PROTOCOL_VIOLATION = "protocol_violation"
     SUPERVISOR_LOST = "supervisor_lost"
     NODE_LOST = "node_lost"
+    UNRESPONSIVE = "unresponsive"  # missed its healthCheck heartbeat (system.heartbeat)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,10 @@ def app_command(policy: SandboxPolicy) -> list[str]:
 
 
 def child_env(policy: SandboxPolicy, ctx: HostContext) -> dict[str, str]:
-    env = {
+    """The app's whole environment: the operator's configuration (names the manifest
+    validated, never estarter's own), then what estarter sets. Nothing of the host's."""
+    env = dict(policy.app_env)
+    env |= {
         "PATH": SAFE_PATH,
         "LANG": "C.UTF-8",
         "ESTARTER_MODE": "hosted",

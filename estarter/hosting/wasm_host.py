@@ -322,7 +322,9 @@ class WasmAppHost:
     def _wasi_config(self) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self.app_id, *self.policy.args]
-        env = {"ESTARTER_MODE": "hosted", "ESTARTER_APP_ID": self.app_id}
+        # The operator's configuration (manifest env), then estarter's own variables.
+        env = {**dict(self.policy.app_env),
+               "ESTARTER_MODE": "hosted", "ESTARTER_APP_ID": self.app_id}
         for key, value in (*self.policy.extra_env, *self._ctx.env.items()):
             if key.startswith("ESTARTER_") and key not in env:
                 env[key] = value

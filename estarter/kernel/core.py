@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import devices, pydeps
+from ..appconfig import AppConfig
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
 from ..hosting import dotnet_app
 from ..hosting.applog import STREAMS, level_of, one_line
@@ -284,6 +285,9 @@ class Kernel:
             manifest, app_dir, granted=self.permissions.granted(app_id),
             strict=self.strict if strict is None else strict)
         policy.require_escape_hatch_grants()  # sandboxed:false / networkAllowed need grants
+        # The operator's values for what the manifest's env declares (appconfig.py),
+        # read here, on the kernel's node, where the home is: they travel in the policy.
+        policy = policy.with_app_env(AppConfig(self.home).env_for(manifest))
         if policy.runtime is RuntimeKind.PYTHON:
             policy = replace(policy, python_deps=pydeps.ensure(self.home, pydeps.read(app_dir)))
         with self._lock:

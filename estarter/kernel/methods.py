@@ -4,7 +4,9 @@ part of estarter needs, in one place.
 - ``permission``: what the caller must hold (None: anyone). The router checks it
   for kernel methods, the VFS service for ``fs.*``.
 - ``actor``: who serves it. ``kernel`` (the kernel actor), ``vfs`` (the VFS actor,
-  reached straight from the app's supervisor).
+  reached straight from the app's supervisor), ``supervisor`` (the app's own
+  supervisor answers a hosted app without a kernel round trip; the kernel answers
+  socket clients, which no supervisor watches).
 - ``blocking``: it may wait (for a message, the operator, another app's start).
   Such calls are served on the kernel's blocking threads and count against the
   per-app cap of waiting calls (``MAX_WAITING_CALLS``), on every path into the
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Actor = Literal["kernel", "vfs"]
+Actor = Literal["kernel", "vfs", "supervisor"]
 
 # Waiting calls one app may have in the kernel at once (blocking methods), and quick
 # calls one socket-connected app may have in flight (hosted apps have one: their
@@ -47,6 +49,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     _m("system.time", None),
     _m("system.info", "system.info"),
     _m("system.shutdown", "admin", blocking=True, idempotent=False),
+    _m("system.heartbeat", None, "supervisor"),  # the healthCheck watchdog
     _m("log", None, idempotent=False),
     _m("permission.check", None),
     _m("permission.list", None),
@@ -78,6 +81,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
 
 BLOCKING_METHODS = frozenset(n for n, s in METHODS.items() if s.blocking)
 VFS_METHODS = frozenset(n for n, s in METHODS.items() if s.actor == "vfs")
+SUPERVISOR_METHODS = frozenset(n for n, s in METHODS.items() if s.actor == "supervisor")
 
 
 def spec_of(method: str) -> MethodSpec | None:

@@ -73,6 +73,9 @@ def _register_system(router: Router, kernel: Services) -> None:
     add("system.ping", lambda c, p: {"pong": True, "time": kernel.clock()})
     add("system.time", lambda c, p: {"unixMs": int(kernel.clock() * 1000)})
     add("system.info", system_info)
+    # A hosted app's heartbeat is answered by its supervisor, which watches it; a
+    # socket client has no supervisor and no healthCheck: answered, not watched.
+    add("system.heartbeat", lambda c, p: {"watched": False, "heartbeatSeconds": None})
     add("permission.check", lambda c, p: {
         "granted": req(p, "permission") in kernel.permissions.granted(c.app_id)})
     add("permission.list",
