@@ -83,9 +83,14 @@ def run(
                       ] = False,
     node: Annotated[str | None, typer.Option(
         "--node", help="Run on this Ray node (node id, unique id prefix or address)")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Run again whenever a file of the app folder changes (after its "
+                        "manifest's build command, if any), until Ctrl-C")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Run an app in the foreground and exit with its exit code (on the runtime that is up, else an embedded one)."""  # noqa: E501
+    if watch and not Path(path).is_dir():
+        raise fail(f"--watch needs an app folder, not {path!r}")
     from .cli_consent import consent, terminal_ask
     from .daemon import reachable, read_runtime
     from .runtime import Runtime
@@ -102,6 +107,15 @@ def run(
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
+        if watch:
+            from .cli_consent import show_ungranted
+            from .cli_watch import WatchLoop
+
+            show_ungranted(report, json_out)
+            raise typer.Exit(WatchLoop(
+                rt, Path(path), json_out,
+                lambda: rt.launch(path, grants=grants, grant_all=grant_all, node=node),
+                _print_event, out, err).run())
         raise typer.Exit(_run_foreground(rt, path, json_out, grants, grant_all, node,
                                          report))
     finally:

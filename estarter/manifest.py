@@ -268,6 +268,14 @@ class AppManifest(BaseModel):
                     "only system folders, the app folder (read-only) and its VFS zones "
                     "visible; false (the host's folders read-only) needs the admin "
                     "permission; default true")
+    # Run by `estarter run --watch` (estarter/watch.py) before every run; not at install.
+    build: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="how to rebuild the app from its sources (say a wasm module from "
+                    "C): a shell command run with /bin/sh in the app folder, e.g. "
+                    "'./build.sh' or 'clang --target=wasm32-wasi -o app.wasm app.c'; "
+                    "`estarter run --watch` runs it before each run and skips a run "
+                    "whose build fails; at most 300 s; default: none (no build)")
     env: list[EnvVar] | None = Field(
         default=None, max_length=MAX_ENV_VARS,
         description="the environment variables the app takes, set with `estarter config "
