@@ -29,8 +29,14 @@ from .protocol.framing import FrameDecoder, FramingError, encode_frame
 OPERATOR_TOKEN_FILE = "operator-token"  # the same file as the console's (console/auth.py)
 SOCKET_NAME = "kernel.sock"
 RUNTIME_FILE = "runtime.json"  # written by ``up`` (daemon.py)
-CONNECT_SECONDS = 2.0
+# Connect and hello; on a loaded machine the kernel may take a moment, and a Ray
+# driver (the fallback) would take longer than this anyway.
+CONNECT_SECONDS = 5.0
 QUICK_SECONDS = 30.0  # ps, info
+# A stop waits for the app's grace, then for its kill and reap, its supervisor's
+# report and the kernel's clean-up (each bounded on the kernel's side): beyond the
+# grace, allow for all of them rather than answer "unavailable" for a stop that worked.
+STOP_SECONDS = 120.0
 START_SECONDS = 600.0  # a start may install an app's Python dependencies first
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
@@ -134,7 +140,7 @@ class OperatorClient:
 
     def stop(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
         return dict(self.call("operator.stop", {"appId": app_id, "grace": grace},
-                              QUICK_SECONDS + grace))
+                              STOP_SECONDS + grace))
 
     def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
         return dict(self.call("operator.restart", {"appId": app_id, "grace": grace},
