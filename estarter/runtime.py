@@ -9,6 +9,7 @@ module is written once; ``start`` and ``connect`` are the only places that name
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -273,6 +274,24 @@ class Runtime:
     def _check(self) -> None:
         if self._closed:
             raise RuntimeClosed("this runtime has been shut down")
+
+
+@contextlib.contextmanager
+def shared_ray(address: str | None = None) -> Iterator[bool]:
+    """Ray for many runtimes in a row (a pytest session: estarter.testing): joins the Ray
+    this process has already initialised, else connects to ``address`` (or
+    ``ESTARTER_RAY_ADDRESS``), else starts an embedded local Ray. Runtimes started
+    inside leave it up at their ``shutdown``; it is shut down on exit only if it was
+    started here. Yields whether it was."""
+    from actors import ray_api
+
+    started = not ray_api.is_initialized()
+    ray_api.init(address or os.environ.get("ESTARTER_RAY_ADDRESS"))
+    try:
+        yield started
+    finally:
+        if started:
+            ray_api.shutdown()
 
 
 def _home(home: str | os.PathLike[str] | None) -> Path:
