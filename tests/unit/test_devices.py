@@ -189,3 +189,36 @@ def test_bwrap_argv_carries_the_granted_devices(tmp_path: Path,
     i = argv.index("/dev/video9")
     assert argv[i - 1] == "--dev-bind" and argv.index("/dev") < i  # after the fresh /dev
     assert seen == [frozenset({"fs.read", "device.camera"})]
+
+
+def test_the_console_refuses_a_device_grant_with_the_reason(tmp_path: Path) -> None:
+    """The console's grant (RuntimeBackend.grant) is PermissionManager.grant, as
+    here; its refusal is a 400 with the reason, not a 500 and not a grant."""
+    from starlette.testclient import TestClient
+
+    from tests.console_fakes import TOKEN, FakeBackend, make_console
+
+    pm = PermissionManager(tmp_path / "state.db")
+
+    class Backend(FakeBackend):
+        def grant(self, app_id: str, permission: str) -> list[str]:
+            return sorted(pm.grant(app_id, [permission], by="console"))
+
+    backend = Backend(tmp_path / "home")
+    backend.home.mkdir()
+    backend.add_app("orig", "Original")
+    pm.register("orig", {"fs.read", *ORIGINAL.values()})
+    try:
+        with TestClient(make_console(backend), base_url="http://127.0.0.1:8470") as client:
+            for alias, name in ORIGINAL.items():
+                resp = client.post(f"/api/apps/orig/permissions/{alias}/grant",
+                                   headers={"Authorization": f"Bearer {TOKEN}"})
+                here = devices.probe(name)
+                if here.available:
+                    assert name in resp.json()["granted"]
+                else:
+                    assert resp.status_code == 400
+                    assert resp.json() == {"error": f"{name} cannot be granted: "
+                                                    f"{here.reason}"}
+    finally:
+        pm.close()
