@@ -182,3 +182,25 @@ def test_a_wasm_app_is_rebuilt_by_its_build_command(tmp_path: Path,
     assert not failed["ok"] and "error" in failed["output"]
     # a failed build runs nothing: the loop waits for the next change
     assert w.wait_for(lambda e: e["event"] == "watch")["action"] == "waiting"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_a_native_app_from_init_is_rebuilt_and_rerun(tmp_path: Path,
+                                                      watching: list[Watching]) -> None:
+    """``estarter init --runtime native`` writes a ``build`` key; the loop runs it."""
+    folder = tmp_path / "natapp"
+    made = subprocess.run([sys.executable, "-m", "estarter", "init", str(folder),
+                           "--runtime", "native"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert json.loads((folder / "manifest.json").read_text()).get("build")
+    w = Watching(folder, tmp_path / "home", "--local")
+    watching.append(w)
+    assert w.wait_for(lambda e: e["event"] == "build")["ok"]
+    w.wait_for(lambda e: e["event"] == "notification" and e["message"] == "Hello from natapp!")
+    assert w.wait_for(lambda e: e["event"] == "exit")["code"] == 0
+    source = (folder / "app.c").read_text()
+    (folder / "app.c").write_text(source.replace("Hello from natapp!", "Rebuilt natapp!"))
+    assert w.wait_for(lambda e: e["event"] == "build")["ok"]
+    w.wait_for(lambda e: e["event"] == "notification" and e["message"] == "Rebuilt natapp!")
+    assert w.wait_for(lambda e: e["event"] == "exit")["code"] == 0

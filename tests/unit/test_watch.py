@@ -125,3 +125,16 @@ def test_a_build_that_takes_too_long_is_ended_with_its_children(tmp_path: Path) 
     except psutil.NoSuchProcess:
         gone = True
     assert gone
+
+
+def test_watch_needs_a_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from estarter.cli import app
+
+    package = tmp_path / "a.app.zip"
+    package.write_bytes(b"PK")
+    result = CliRunner().invoke(app, ["run", "--watch", "--local", str(package),
+                                      "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2
+    assert "--watch needs an app folder" in result.output
