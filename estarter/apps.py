@@ -145,6 +145,7 @@ def describe(home: Path, app_id: str) -> dict[str, Any]:
         records.close()
     return {"appId": app_id, "installed": str(folder), "manifest": manifest.to_json(),
             "permissions": grants, "record": row.to_json() if row else None,
+            "config": AppConfig(home).entries(manifest),  # a secret's value never
             "state": row.state if row else "installed",
             "exit": row.exit if row else None}
 

@@ -66,4 +66,12 @@ static inline int estarter_call(const char *method, const char *params_json, cha
     return got < len ? ESTARTER_E_TRUNCATED : got;
 }
 
+/* system.heartbeat: an app whose manifest has a healthCheck calls this at least every
+ * heartbeatSeconds, or it is ended (exit reason unresponsive). Returns estarter_call's
+ * value (the response's length, or a negative ESTARTER_E_* error). */
+static inline int estarter_heartbeat(void) {
+    char out[128];
+    return estarter_call("system.heartbeat", NULL, out, (int)sizeof out);
+}
+
 #endif /* ESTARTER_H */

@@ -159,3 +159,36 @@ def test_upgrading_a_running_app_restarts_it_on_the_new_version_and_rollback_ret
     stopped = runtime.install(versioned("0.4.0"))  # not running: installed, not started
     assert stopped["restarted"] is False
     assert [r["state"] for r in runtime.list() if r["appId"] == "versioned"] == ["exited"]
+
+
+HEARTBEAT_C = """\
+#include "estarter.h"
+int main(void) {
+    char out[256];
+    if (estarter_heartbeat() < 0) return 3;
+    int n = estarter_call("system.heartbeat", 0, out, (int)sizeof out);
+    /* watched by its supervisor: {"result":{"watched":true,...}} */
+    return (n > 0 && strstr(out, "\\"watched\\":true")) ? 0 : 4;
+}
+"""
+
+
+def test_a_wasm_app_heartbeats_through_its_supervisor(runtime: Runtime, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("clang") is None:
+        pytest.skip("clang (wasm32-wasi) is not installed")
+    folder = tmp_path / "beater"
+    folder.mkdir()
+    (folder / "app.c").write_text(HEARTBEAT_C)
+    sdk_c = Path(__file__).resolve().parents[2] / "sdk" / "c"
+    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", f"-I{sdk_c}", "-o",
+                    str(folder / "app.wasm"), str(folder / "app.c")], check=True, timeout=120)
+    (folder / "manifest.json").write_text(json.dumps({
+        "id": "beater", "runtime": "wasm", "entry": "app.wasm",
+        "healthCheck": {"heartbeatSeconds": 30}}))
+    end = runtime.launch(folder).wait(120)
+    assert end is not None and (end.reason, end.code) == (ExitReason.EXITED, 0), end

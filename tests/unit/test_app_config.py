@@ -324,3 +324,22 @@ def test_config_files_stay_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "config" / "demo.json").stat().st_mode) == 0o600
+
+
+def test_a_wasm_app_gets_its_configuration_in_its_wasi_environment(tmp_path: Path) -> None:
+    from tests.unit.test_wasm_host import guest, make_host, run
+
+    # exit code = the size of the guest's environment (every NAME=value and its NUL)
+    extra = """
+      (import "wasi_snapshot_preview1" "environ_sizes_get"
+        (func $envs (param i32 i32) (result i32)))"""
+    body = """
+      (drop (call $envs (i32.const 208) (i32.const 212)))
+      (call $exit (i32.load (i32.const 212)))"""
+    sizes = []
+    for app_env in ({}, {"API_KEY": "abc"}):
+        host, _, _ = make_host(tmp_path, guest(body, extra=extra))
+        host.policy = host.policy.with_app_env(app_env)
+        sizes.append(run(host).code)
+    base = len("ESTARTER_MODE=hosted\0ESTARTER_APP_ID=t.app\0")
+    assert sizes == [base, base + len("API_KEY=abc\0")]
