@@ -11,7 +11,8 @@ change); what it writes is not a change.
 
 With ``--json`` the loop adds two kinds of event to the app's: ``{"event": "build",
 "ok", "code", "seconds", "output"}`` and ``{"event": "watch", "action": "rerun" |
-"waiting" | "stopped", "changed": [...]}``.
+"waiting" | "stopped" | "error", "changed": [...]}`` (``error`` carries ``error``: a
+launch or a stop that failed; the loop goes on).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class WatchLoop:
         try:
             handle = self.launch()
         except EstarterError as exc:
-            self.say("watch", f"cannot run: {exc}", action="waiting", changed=[],
+            self.say("watch", f"cannot run: {exc}", action="error", changed=[],
                      error=str(exc))
             return
         while True:
@@ -115,7 +116,10 @@ class WatchLoop:
             self.pending = self.watch.poll()
             if self.pending:
                 break
-        handle.stop(grace=STOP_GRACE)  # ask, wait, kill the tree, reap
+        try:
+            handle.stop(grace=STOP_GRACE)  # ask, wait, kill the tree, reap
+        except EstarterError as exc:  # it ended meanwhile: its exit event says how
+            self.say("watch", f"stop: {exc}", action="error", changed=[], error=str(exc))
         self.drain_until_exit(handle.app_id, cursor)
 
     def drain_until_exit(self, app_id: str, cursor: int) -> None:

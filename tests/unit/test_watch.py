@@ -138,3 +138,73 @@ def test_watch_needs_a_folder(tmp_path: Path) -> None:
                                       "--home", str(tmp_path / "home")])
     assert result.exit_code == 2
     assert "--watch needs an app folder" in result.output
+
+
+class FakeHandle:
+    app_id = "fake"
+
+    def stop(self, grace: float) -> None:
+        raise AssertionError("an app that exited is not stopped")
+
+
+class FakeRuntime:
+    """Launch fails first, then runs an app that exits at once."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+        self.pending: list[dict[str, object]] = []
+
+    def launch(self) -> FakeHandle:
+        from estarter.errors import EstarterError
+
+        self.launches += 1
+        if self.launches == 1:
+            raise EstarterError("entry: not found")
+        self.pending = [{"event": "exit", "appId": "fake", "code": 0, "reason": "exited"}]
+        return FakeHandle()
+
+    def event_cursor(self) -> int:
+        return 0
+
+    def events(self, cursor: int, timeout: float, app_id: str) -> dict[str, object]:
+        out, self.pending = self.pending, []
+        return {"events": out, "next": cursor + len(out), "missed": 0}
+
+
+def test_the_loop_goes_on_after_a_failed_launch(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from estarter.cli_watch import WatchLoop
+
+    folder = app_folder(tmp_path)
+    touch(folder / "manifest.json", '{"id": "fake", "runtime": "python", "entry": "app.py"}')
+    rt = FakeRuntime()
+    buf = io.StringIO()
+    printed: list[dict[str, object]] = []
+    loop = WatchLoop(rt, folder, True, rt.launch, lambda e, _: printed.append(e),
+                     Console(file=buf, width=10000), Console(file=io.StringIO()))
+
+    def edit_then_stop() -> None:
+        for _ in range(600):  # each step waits for the loop's own output
+            if '"action": "waiting"' in buf.getvalue():
+                break
+            threading.Event().wait(0.05)
+        touch(folder / "app.py", "print(2)")
+        for _ in range(600):
+            if printed:
+                break
+            threading.Event().wait(0.05)
+        loop.stop.set()
+
+    helper = threading.Thread(target=edit_then_stop)
+    helper.start()
+    assert loop.run() == 0
+    helper.join(10)
+    said = [json.loads(line) for line in buf.getvalue().splitlines()]
+    actions = [e["action"] for e in said]
+    assert actions[0] == "error" and "entry: not found" in said[0]["error"]
+    assert "rerun" in actions and actions[-1] == "stopped"
+    assert rt.launches == 2 and printed[0]["event"] == "exit"
