@@ -22,6 +22,7 @@ from estarter.paths import kernel_db
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import serve_call
 from estarter.state import AppRecords
+from estarter.storage import shared_from_env, zone_storage
 from estarter.supervision import RestartRules
 
 from . import ray_api
@@ -36,7 +37,7 @@ class KernelShell(Kernel):
     """The kernel, constructed inside its actor with Ray-backed supervisors."""
 
     def __init__(self, home: str, strict: bool = False,
-                 rules: dict[str, Any] | None = None) -> None:
+                 rules: dict[str, Any] | None = None, shared_storage: bool = False) -> None:
         from estarter.store import AppStore
 
         root = Path(home)
@@ -50,6 +51,9 @@ class KernelShell(Kernel):
         # Grants are the permissions actor's and fs.* the VFS actor's (created before
         # this actor, looked up by name: after a restart too).
         vfs = ray_api.find_actor(VFS_NAME)
+        # Supervisors mount the zones only where they are the VFS's folders.
+        vfs_node = ray_api.call(vfs.describe, timeout=120)["node"]
+        spawner.storage = {"shared": shared_storage, "vfsNode": vfs_node}
         super().__init__(root, permission_client(root), spawner, AppStore(root),
                          node=ray_api.node_ip(), strict=strict, records=records,
                          vfs=RayVfsPort(vfs))
@@ -89,8 +93,10 @@ class KernelShell(Kernel):
 
     def describe(self) -> dict[str, Any]:
         """Which home this kernel serves and how many apps run (for reuse checks)."""
+        assert isinstance(self.spawner, RaySpawner)
         return {"home": str(self.home), "running": len(self._running_ids()),
-                "pid": os.getpid(), "node": ray_api.node_id()}
+                "pid": os.getpid(), "node": ray_api.node_id(),
+                "storage": zone_storage(self.spawner.storage)}
 
 
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
@@ -129,8 +135,11 @@ def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = Fals
     # this process holds them until kill_runtime.
     _held[:] = [get_or_create_permissions(home, placed), get_or_create_vfs(home, placed)]
     opts: dict[str, Any] = {"get_if_exists": True, **placed}
+    # Read from the environment of the process that starts the runtime (``estarter up``,
+    # Runtime.start): the kernel passes it to every supervisor (estarter.storage).
     handle = ray_api.create(KernelActor, opts, str(home), strict,
-                            rules.to_dict() if rules is not None else None)
+                            rules.to_dict() if rules is not None else None,
+                            shared_from_env())
     ray_api.call(handle.ping, timeout=120)
     return handle, True
 
@@ -161,8 +170,11 @@ def describe_runtime(home: Path) -> list[dict[str, Any]]:
                        (VFS_NAME, "vfs")):
         try:
             desc = ray_api.call(ray_api.get_actor(name).describe, timeout=30)
-            out.append({"name": name, "role": role, "node": desc.get("node"),
-                        "pid": desc.get("pid"), "alive": True})
+            row = {"name": name, "role": role, "node": desc.get("node"),
+                   "pid": desc.get("pid"), "alive": True}
+            if "storage" in desc:
+                row["storage"] = desc["storage"]
+            out.append(row)
         except EstarterError as exc:
             out.append({"name": name, "role": role, "node": None, "pid": None,
                         "alive": False, "error": str(exc)})

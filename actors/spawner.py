@@ -83,6 +83,9 @@ class RaySupervisorPort:
     def info(self) -> dict[str, Any]:
         return dict(self._proxy.info())
 
+    def log_tail(self, lines: int) -> dict[str, Any]:
+        return dict(self._proxy.log_tail(lines))
+
 
 class SupervisorPool:
     """Idle supervisor actors, started ahead. Thread-safe.
@@ -155,6 +158,8 @@ class RaySpawner:
         self.home = home
         self.pending_timeout = pending_timeout
         self.rules: Any = None  # RestartRules for every supervisor (None: its env's)
+        # {"shared": bool, "vfsNode": id}: where zones are mounted (estarter.storage)
+        self.storage: dict[str, Any] | None = None
         self.on_running: RunningCallback | None = None
         self.on_exited: ExitedCallback | None = None
         self.pool = SupervisorPool(pool_size, self._pool_options)
@@ -202,7 +207,7 @@ class RaySpawner:
                 handle, ready, dedicated = self.pool.fresh()
                 self._wait_placed(policy, req, ready, room_before)
             started = ray_api.call(handle.start, policy, run_id, str(self.home), self.rules,
-                                   timeout=120)
+                                   self.storage, timeout=120)
         except Unschedulable:
             ray_api.kill(handle)
             raise

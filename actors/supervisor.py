@@ -21,6 +21,7 @@ from estarter.kernel.methods import VFS_METHODS, is_blocking, retry_on_restart
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import decode_reply, encode_call
 from estarter.state import home_key
+from estarter.storage import zone_view
 from estarter.supervision import RestartRules, Supervisor
 
 from . import ray_api
@@ -137,7 +138,10 @@ class SupervisorShell:
         return self.node_id
 
     def start(self, policy: SandboxPolicy, run_id: int, home: str,
-              rules: RestartRules | None = None) -> dict[str, Any]:
+              rules: RestartRules | None = None,
+              storage: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``storage``: the kernel's ``{"shared": bool, "vfsNode": id}`` (storage.py);
+        None (an older kernel): mount as on one machine."""
         if self.sup is not None:
             raise LaunchError("this supervisor already runs an app")
         # An app with network reaches no Ray node: this one's addresses are found at
@@ -147,7 +151,8 @@ class SupervisorShell:
         self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name,
                                                             vfs=self.vfs),
                               Path(home), node=self.node_ip,
-                              rules=rules or RestartRules.from_env(), blocked_addresses=others)
+                              rules=rules or RestartRules.from_env(), blocked_addresses=others,
+                              zone_view=zone_view(storage, self.node_id))
         started = self.sup.start()
         self._exporter = Exporter(policy.app_id, self.sup.info)  # ray.util.metrics
         return {**started, "nodeId": self.node_id, "actorName": self.name}
@@ -167,6 +172,10 @@ class SupervisorShell:
 
     def info(self) -> dict[str, Any]:
         return {**self._sup().info(), "nodeId": self.node_id, "actorName": self.name}
+
+    def log_tail(self, lines: int) -> dict[str, Any]:
+        """The tail of the app's log file on this node (``Kernel.app_log``)."""
+        return {**self._sup().log_tail(lines), "nodeId": self.node_id}
 
     def describe(self) -> dict[str, Any]:
         """This actor: its worker's pid, its node and the app it runs (if any)."""

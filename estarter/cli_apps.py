@@ -114,6 +114,9 @@ class RuntimeOperator:
     def info(self, app_id: str) -> dict[str, Any]:
         return dict(self.rt.info(app_id))
 
+    def logs(self, app_id: str, lines: int = 100) -> dict[str, Any]:
+        return dict(self.rt.kernel.app_log(app_id, lines))
+
     def start(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
               node: str | None = None) -> dict[str, Any]:
         return dict(self.rt.launch(ref, grants=grants, grant_all=grant_all, node=node).record)
@@ -348,8 +351,9 @@ def logs(app_id: Annotated[str | None, typer.Argument(
          all_apps: Annotated[bool, typer.Option("--all", help="Every app's log")] = False,
          home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """An app's log, or every app's: stdout, stderr, log calls and the runtime's lines
-    (run start and end, drops), each tagged with its stream; -f follows it. No runtime
-    needed: it reads the log files."""
+    (run start and end, drops), each tagged with its stream; -f follows it. A running
+    app's log is read on its node through the runtime; else (or with no runtime up)
+    the log files here."""
     from . import logs as applogs
     from .paths import log_file
 
@@ -360,12 +364,6 @@ def logs(app_id: Annotated[str | None, typer.Argument(
         cutoff = applogs.parse_since(since) if since is not None else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    if app_id is not None:
-        if not log_file(root, app_id).exists() and not follow:
-            raise fail(f"no log for {app_id} (has it run?)")
-        apps: Callable[[], list[str]] = lambda: [app_id]  # noqa: E731 - one app, fixed
-    else:
-        apps = lambda: applogs.logged_apps(root)  # noqa: E731 - re-read while following
     count = lines if lines is not None else (None if cutoff is not None else 100)
     combined = app_id is None
 
@@ -375,6 +373,17 @@ def logs(app_id: Annotated[str | None, typer.Argument(
         else:
             text = printable(line.raw)
             out.print(f"{line.app} | {text}" if combined else text, markup=False)
+
+    # A running app's log is read by its supervisor, on whatever node it runs (the
+    # files here are that node's only with shared storage): DESIGN, "One view".
+    if app_id is not None and _show_supervisor_log(root, app_id, count, cutoff, follow, show):
+        return
+    if app_id is not None:
+        if not log_file(root, app_id).exists() and not follow:
+            raise fail(f"no log for {app_id} (has it run?)")
+        apps: Callable[[], list[str]] = lambda: [app_id]  # noqa: E731 - one app, fixed
+    else:
+        apps = lambda: applogs.logged_apps(root)  # noqa: E731 - re-read while following
 
     for line in applogs.read(root, apps(), cutoff, count):
         show(line)
@@ -387,6 +396,68 @@ def logs(app_id: Annotated[str | None, typer.Argument(
             show(line)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _show_supervisor_log(root: Path, app_id: str, count: int | None, cutoff: float | None,
+                         follow: bool, show: Callable[[Any], None]) -> bool:
+    """Show the log of a running app as its supervisor reads it on its node (and with
+    ``follow``, poll it for new lines until Ctrl-C or the app ends), over the kernel
+    socket (no Ray driver). False, showing nothing, when the socket does not answer
+    or the app does not run: the files then."""
+    from . import logs as applogs
+    from .operator_client import reach
+
+    op = reach(root)
+    if op is None:
+        return False
+    want = min(count if count is not None else LOG_TAIL_MAX, LOG_TAIL_MAX)
+    shown = False
+    try:
+        got = op.logs(app_id, want)
+        if got.get("source") != "supervisor":
+            return False
+        seen = list(got["lines"])
+        for raw in seen:
+            line = applogs.parse(raw, app_id)
+            if cutoff is None or (line.time is not None and line.time >= cutoff):
+                show(line)
+        shown = True
+        stopped = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stopped.set()) if follow else None
+        try:
+            while follow and not stopped.wait(LOG_POLL_SECONDS):
+                got = op.logs(app_id, LOG_FOLLOW_LINES)
+                fresh = _after(seen, list(got["lines"]))
+                for raw in fresh:
+                    show(applogs.parse(raw, app_id))
+                seen = (seen + fresh)[-LOG_FOLLOW_LINES:]
+                if got.get("source") != "supervisor":
+                    break  # the app ended: its last lines are shown
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+    except EstarterError as exc:
+        if shown:  # the socket failed while following
+            raise fail(f"following {app_id}: {exc.message}") from None
+        return False
+    finally:
+        op.close()
+    return True
+
+
+LOG_TAIL_MAX = 10_000  # operator_access.MAX_LOG_LINES
+LOG_POLL_SECONDS = 0.5
+LOG_FOLLOW_LINES = 1000  # more than half a second of any app's lines (capped rates)
+
+
+def _after(seen: list[str], tail: list[str]) -> list[str]:
+    """The lines of ``tail`` after the longest end of ``seen`` it starts with."""
+    if not seen:
+        return tail
+    for i in range(min(len(tail), len(seen)) - 1, -1, -1):  # tail[:i+1] == seen's end?
+        if tail[i] == seen[-1] and tail[:i + 1] == seen[-(i + 1):]:
+            return tail[i + 1:]
+    return tail
 
 
 # -- the persistent runtime ----------------------------------------------------
@@ -490,6 +561,9 @@ def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
             state = "" if actor.get("alive") else f" DOWN: {actor.get('error', '')}"
             out.print(f"  {actor['role']:12} {actor['name']}{what} node {actor.get('node')} "
                       f"pid {actor.get('pid')}{state}", markup=False)
+            if actor.get("storage"):  # the kernel's: where zones are mounted (storage.py)
+                out.print(f"  storage: zone mounts {actor['storage']['directMounts']}",
+                          markup=False)
 
     emit(data, as_json, human)
 

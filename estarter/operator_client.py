@@ -126,6 +126,10 @@ class OperatorClient:
     def info(self, app_id: str) -> dict[str, Any]:
         return dict(self.call("operator.info", {"appId": app_id}))
 
+    def logs(self, app_id: str, lines: int = 100) -> dict[str, Any]:
+        """The tail of the app's log, read on its node by its supervisor while it runs."""
+        return dict(self.call("operator.logs", {"appId": app_id, "lines": lines}))
+
     def start(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
               node: str | None = None) -> dict[str, Any]:
         """Launch an installed id, a folder or a package (a path is made absolute

@@ -32,6 +32,12 @@ def app_zones(home: Path, app_id: str) -> dict[str, Path]:
     return {zone: zone_dir(home, zone, app_id) for zone in ZONES}
 
 
+def node_local_dir(home: Path, app_id: str) -> Path:
+    """An app's working folder on a node that does not mount its zones (storage.py):
+    this node's own, never a copy of ``/appdata``."""
+    return home / "node-local" / app_id
+
+
 def state_db(home: Path) -> Path:
     return home / "state.db"
 

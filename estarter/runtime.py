@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .client import KernelApi, KernelClient
 from .errors import NotFound, RuntimeClosed
 from .hosting.base import ExitInfo, ExitReason
-from .paths import default_home, log_file
+from .paths import default_home
 from .supervision import RestartRules
 
 if TYPE_CHECKING:
@@ -205,10 +205,11 @@ class Runtime:
         return dict(self.kernel.app_info(app_id))
 
     def logs(self, app_id: str, lines: int = 100) -> builtins.list[str]:
-        """The last ``lines`` lines of the app's log file (timestamped)."""
-        from .apps import tail
-
-        return tail(log_file(self.home, app_id), lines)
+        """The last ``lines`` lines of the app's log file (timestamped), read where it
+        is written: by the app's supervisor on its node while it runs, whichever node
+        that is; else this node's file (``Kernel.app_log``)."""
+        self._check()
+        return list(self.kernel.app_log(app_id, lines)["lines"])
 
     def wait(self, app_id: str, timeout: float | None = None) -> ExitInfo | None:
         return AppHandle(self, {"appId": app_id}).wait(timeout)

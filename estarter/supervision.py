@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import Busy, EstarterError, RuntimeClosed
-from .hosting.applog import STREAMS, level_of, one_line
+from .hosting.applog import STREAMS, level_of, one_line, tail_file
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
 from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS, SUPERVISOR_METHODS
 from .manifest import RestartPolicy
 from .metrics import AppMetrics, outcome_of, process_usage
-from .paths import app_zones, log_file
+from .paths import app_zones, log_file, node_local_dir
 from .policy import SandboxPolicy
+from .storage import LOCAL as LOCAL_ZONES
+from .storage import ZoneView
 
 LOG_BUFFER_LINES = 10000
 LOG_FILE_BYTES = 5 * 1024 * 1024
@@ -168,8 +170,10 @@ class Supervisor:
         schedule: Callable[[float, Callable[[], None]], Cancellable] | None = None,
         flush_interval: float = 0.05,
         blocked_addresses: tuple[str, ...] = (),
+        zone_view: ZoneView = LOCAL_ZONES,
     ) -> None:
         self.policy = policy
+        self.zone_view = zone_view  # whether this node mounts the zones (storage.py)
         self.app_id = policy.app_id
         self.run_id = run_id
         self.kernel = kernel
@@ -275,9 +279,16 @@ class Supervisor:
         sampled = process_usage(host.pid if usage and host is not None
                                 and self.policy.runtime.value != "wasm" else None)
         return {**base, "node": self.node, "runId": self.run_id,
+                "zones": self.zone_view.to_dict(),
                 "restarts": self._total_restarts, "restartAt": self._restart_at,
                 "restartPolicy": self.policy.restart.value, "final": self._final,
                 "usage": sampled, "metrics": self.metrics.snapshot()}
+
+    def log_tail(self, lines: int = 100) -> dict[str, Any]:
+        """The last ``lines`` lines of the app's log file, read on this node (where
+        the file is written): what ``estarter logs`` shows of an app on another node."""
+        tail = tail_file(log_file(self.home, self.app_id), lines)
+        return {"node": self.node, "lines": tail}
 
     def close(self) -> None:
         """Stop the app if it runs and release everything. Idempotent."""
@@ -295,13 +306,17 @@ class Supervisor:
     # -- steps -----------------------------------------------------------------
 
     def _start_host(self) -> None:
-        zones = app_zones(self.home, self.app_id)
+        direct = self.zone_view.direct
+        zones = app_zones(self.home, self.app_id) if direct else {}
         for path in zones.values():
             path.mkdir(parents=True, exist_ok=True)
+        # Without one view of the files here, the working folder is a node-local one,
+        # named so: never this node's copy of the zone (storage.py).
+        appdata = zones["appdata"] if direct else node_local_dir(self.home, self.app_id)
         ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
-                          home=self.home, appdata=zones["appdata"], zones=zones,
+                          home=self.home, appdata=appdata, zones=zones,
                           blocked_addresses=self.blocked_addresses,
-                          tagged_log=self._log.write)
+                          tagged_log=self._log.write, direct_zones=direct)
         host = self._factory(self.policy, ctx)
         with self._lock:
             self._host = host

@@ -21,11 +21,13 @@ wrote there), ``app`` (its ``log`` notifications, the wasm ``log`` import) and
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .base import HostContext, TaggedLogSink
@@ -177,3 +179,12 @@ class BoundedLog:
 
 __all__ = ["LEVELS", "LOG_LINE_MAX", "STREAMS", "BoundedLog", "level_of", "line_rate",
            "one_line", "tagged"]
+
+
+def tail_file(path: Path, lines: int = 100) -> list[str]:
+    """The last ``lines`` lines of a log file ([] if there is none yet)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in collections.deque(fh, maxlen=max(0, lines))]
+    except FileNotFoundError:
+        return []

@@ -83,6 +83,9 @@ class HostContext:
     blocked_addresses: tuple[str, ...] = ()
     # Where the app's own text goes with its stream; None: to ``log``, untagged.
     tagged_log: TaggedLogSink | None = None
+    # Whether the zones are bind-mounted (estarter.storage: False on a node whose
+    # folders are not the VFS actor's); the app then has fs.* only.
+    direct_zones: bool = True
 
 
 @runtime_checkable

@@ -334,7 +334,7 @@ class WasmAppHost:
         wasi.stdout_custom = self._stdout.write
         wasi.stderr_custom = self._stderr.write
         mode = self._fs_mode()
-        if mode:
+        if mode and self._ctx.direct_zones:  # not on a node without one view (storage.py)
             appdata = Path(self._ctx.appdata)
             try:
                 appdata.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ from .. import devices, pydeps
 from ..appconfig import AppConfig
 from ..errors import Busy, EstarterError, NotFound, NotSupported, PermissionDenied
 from ..hosting import dotnet_app
-from ..hosting.applog import STREAMS, level_of, one_line
+from ..hosting.applog import STREAMS, level_of, one_line, tail_file
 from ..hosting.base import ExitInfo, ExitReason, HostState, lost
 from ..manifest import AppManifest, RuntimeKind, load_manifest
-from ..paths import kernel_db
+from ..paths import kernel_db, log_file
 from ..policy import SandboxPolicy
 from ..state import AppRecords
 from . import processes, recovery, services
@@ -341,6 +341,27 @@ class Kernel:
             except EstarterError as exc:
                 out["host"] = {"error": str(exc)}
         return out
+
+    def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]:
+        """The last ``lines`` lines of the app's log, read where it is written: by its
+        supervisor, on its node, while it runs (any node, shared storage or not); else
+        this node's file (the app's node's too with shared storage). ``source`` says which;
+        ``node`` is where the lines were read."""
+        with self._lock:
+            rec = self._apps.get(app_id)
+        port = rec.supervisor if rec is not None and rec.exit is None else None
+        reader = getattr(port, "log_tail", None)  # every real port has it; fakes may not
+        if reader is not None:
+            try:
+                got = dict(reader(lines))
+                return {"appId": app_id, "source": "supervisor",
+                        "node": got.get("node"), "nodeId": got.get("nodeId"),
+                        "lines": list(got.get("lines", []))}
+            except EstarterError:
+                pass  # the supervisor went away: what this node has
+        tail = tail_file(log_file(self.home, app_id), lines)
+        return {"appId": app_id, "source": "file", "node": self.node, "nodeId": None,
+                "lines": tail}
 
     def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
         """Stop the app if it runs, then launch what was launched last time."""

@@ -35,6 +35,7 @@ OPERATOR = "@operator"
 # answered by then shows its app with nothing known of the process.
 HOST_SECONDS = 5.0
 MAX_GRACE_SECONDS = 300.0
+MAX_LOG_LINES = 10_000
 LIVE = ("starting", "running", "stopping")
 
 
@@ -47,6 +48,7 @@ class OperatorMethod:
 METHODS: dict[str, OperatorMethod] = {m.name: m for m in (
     OperatorMethod("operator.ps", False),
     OperatorMethod("operator.info", False),
+    OperatorMethod("operator.logs", False),
     OperatorMethod("operator.start", True),
     OperatorMethod("operator.stop", True),
     OperatorMethod("operator.restart", True),
@@ -64,6 +66,8 @@ class OperatorKernel(Protocol):
     def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]: ...
 
     def app_info(self, app_id: str) -> dict[str, Any]: ...
+
+    def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]: ...
 
     def ps(self) -> list[dict[str, Any]]: ...
 
@@ -112,6 +116,8 @@ class OperatorService:
         app_id = _text(p, "appId")
         if method == "operator.info":
             return k.app_info(app_id)
+        if method == "operator.logs":  # read where the app runs (Kernel.app_log)
+            return k.app_log(app_id, _lines(p.get("lines", 100)))
         grace = _grace(p.get("grace", 5.0))
         if method == "operator.stop":
             return k.stop(app_id, grace)
@@ -122,6 +128,12 @@ def _text(p: Mapping[str, Any], key: str) -> str:
     value = p.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidParams(f"{key} must be a non-empty string", {"param": key})
+    return value
+
+
+def _lines(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LOG_LINES:
+        raise InvalidParams(f"lines must be an integer from 0 to {MAX_LOG_LINES}")
     return value
 
 

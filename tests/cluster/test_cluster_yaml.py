@@ -85,3 +85,16 @@ def test_the_call_pattern_finds_paths_and_bare_names() -> None:
         "ESTARTER_HOME=/var/lib/estarter true", "mkdir -p /var/lib/estarter && ls",
         "echo estarter-venv", "pip install /opt/estarter/src"]})
     assert found == [["up", "--address", "a:1"], ["down"]]
+
+
+def test_head_declares_fast_health_checks_and_shared_storage(config: dict[str, Any]) -> None:
+    """The README's settings for node loss and one view of files (issue 16)."""
+    head = " ".join(config["head_start_ray_commands"])
+    start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    system = json.loads(re.search(r"--system-config='([^']*)'", start).group(1))  # type: ignore[union-attr]
+    assert system == {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+                      "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
+    assert "ESTARTER_NODE_DEATH_GRACE=10" in start
+    assert re.search(r"ESTARTER_SHARED_STORAGE=1\s+\S*estarter up", head)
+    mounts = " ".join(config["worker_setup_commands"])
+    assert "$RAY_HEAD_IP:/var/lib/estarter /var/lib/estarter" in mounts

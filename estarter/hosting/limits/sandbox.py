@@ -58,8 +58,8 @@ def zone_mounts(policy: SandboxPolicy, ctx: HostContext) -> list[tuple[str, Path
     per file at best, by RLIMIT_FSIZE; a per-app filesystem or project quota is not
     available everywhere this runs). Writes go through ``fs.write``. DESIGN, "Budgets".
     """
-    if not (policy.allows("fs.write") or policy.allows("fs.read")):
-        return []
+    if not (policy.allows("fs.write") or policy.allows("fs.read")) or not ctx.direct_zones:
+        return []  # no grant, or this node's folders are not the VFS's (storage.py)
     writable = False
     hosts = {"appdata": ctx.appdata, **ctx.zones}
     out = []

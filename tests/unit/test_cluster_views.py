@@ -1,0 +1,127 @@
+"""One view of files and logs on a cluster (issue 16), without Ray: which nodes mount
+the zones (estarter.storage), the sandbox without mounts, and ``estarter logs`` of a
+running app read by its supervisor through the kernel socket (operator.logs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from estarter.errors import InvalidParams
+from estarter.hosting.base import HostContext
+from estarter.hosting.limits.sandbox import zone_mounts
+from estarter.kernel.operator_access import OperatorService
+from estarter.manifest import parse_manifest
+from estarter.policy import SandboxPolicy
+from estarter.storage import SHARED_STORAGE_ENV, shared_from_env, zone_storage, zone_view
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_zone_view_mounts_only_where_the_files_are_the_vfs_ones() -> None:
+    assert zone_view(None, "n1").direct  # one machine
+    assert zone_view({"shared": False, "vfsNode": "head"}, "head").direct
+    off = zone_view({"shared": False, "vfsNode": "head"}, "worker")
+    assert not off.direct and SHARED_STORAGE_ENV in off.reason
+    assert zone_view({"shared": True, "vfsNode": "head"}, "worker").direct
+    assert shared_from_env({SHARED_STORAGE_ENV: "1"})
+    assert shared_from_env({SHARED_STORAGE_ENV: "yes"})
+    assert not shared_from_env({SHARED_STORAGE_ENV: "0"}) and not shared_from_env({})
+    assert "only on the VFS" in zone_storage({"shared": False, "vfsNode": "h"})["directMounts"]
+
+
+def test_no_zone_mounts_without_direct_zones(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("")
+    manifest = parse_manifest(json.dumps({"id": "a", "runtime": "python", "entry": "app.py",
+                                          "permissions": ["fs.read", "fs.write"]}))
+    policy = SandboxPolicy.from_manifest(manifest, tmp_path, frozenset({"fs.read", "fs.write"}))
+
+    def ctx(direct: bool) -> HostContext:
+        return HostContext(api=lambda m, p: None, log=lambda lv, m: None,  # type: ignore[arg-type,return-value]
+                           on_exit=lambda e: None, home=tmp_path, appdata=tmp_path / "ad",
+                           zones={"shared": tmp_path / "sh"}, direct_zones=direct)
+
+    assert {v for v, _, _ in zone_mounts(policy, ctx(True))} == {"/appdata", "/shared"}
+    assert zone_mounts(policy, ctx(False)) == []
+
+
+class LogKernel:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.asked: list[tuple[str, int]] = []
+
+    def app_log(self, app_id: str, lines: int = 100) -> dict[str, object]:
+        self.asked.append((app_id, lines))
+        return {"appId": app_id, "source": "supervisor", "lines": ["x"]}
+
+
+def test_operator_logs_asks_the_kernel_and_checks_lines(tmp_path: Path) -> None:
+    kernel = LogKernel(tmp_path)
+    service = OperatorService(kernel)  # type: ignore[arg-type]
+    assert service.handle("operator.logs", {"appId": "a", "lines": 5})["lines"] == ["x"]
+    assert kernel.asked == [("a", 5)]
+    for bad in (-1, "5", True, 10**6):
+        with pytest.raises(InvalidParams):
+            service.handle("operator.logs", {"appId": "a", "lines": bad})
+
+
+def test_cli_logs_of_a_running_app_come_from_its_supervisor(tmp_path: Path) -> None:
+    """``estarter logs APP`` and ``-f`` against a fake kernel behind the real socket
+    server: the lines its supervisor read (no log file on this node), each once."""
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from estarter.console.auth import ensure_token
+        from estarter.kernel.operator_access import OperatorService
+        from estarter.kernel.socket_server import SocketServer
+
+        home = Path(sys.argv[1])
+        (home / "run").mkdir(parents=True)
+        (home / "run" / "runtime.json").write_text(json.dumps(
+            {"home": str(home), "address": "127.0.0.1:1", "started_head": True}))
+        ensure_token(home)
+        L = "2026-11-29 10:00:0%d,000 INFO stdout line %d"
+        answers = [["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a
+                   ["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a -f: first
+                   ["supervisor", [L % (2, 2), L % (3, 3)]],      # then one new line
+                   ["file", [L % (2, 2), L % (3, 3), L % (4, 4)]]]  # ended
+        calls = []
+
+        class FakeKernel:
+            def __init__(self):
+                self.home = home
+            def app_log(self, app_id, lines=100):
+                calls.append([app_id, lines])
+                source, got = answers.pop(0) if answers else ("file", [])
+                return {"appId": app_id, "source": source, "nodeId": "w1", "lines": got}
+
+        server = SocketServer(home / "run", lambda *a: None, lambda t: None,
+                              lambda *a: None, lambda *a: None,
+                              operator=OperatorService(FakeKernel()))
+        server.start()
+        from estarter.cli import app
+        print("RUN1")
+        assert not app(["logs", "a", "--home", str(home)], standalone_mode=False)
+        print("RUN2")
+        assert not app(["logs", "a", "-f", "-n", "2", "--home", str(home)],
+                       standalone_mode=False)
+        server.close()
+        print("CALLS", json.dumps(calls))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESTARTER_", "RAY_"))}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "home")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    first = out[out.index("RUN1") + 1:out.index("RUN2")]
+    assert [ln.rsplit(" ", 2)[1:] for ln in first] == [["line", "1"], ["line", "2"]]
+    second = [ln for ln in out[out.index("RUN2") + 1:] if " stdout line " in ln]
+    assert [ln.rsplit(" ", 1)[1] for ln in second] == ["1", "2", "3", "4"]
+    calls = json.loads(next(ln for ln in out if ln.startswith("CALLS "))[6:])
+    assert calls[0] == ["a", 100] and calls[1] == ["a", 2]
