@@ -3,6 +3,12 @@
     python -m benchmarks                 # all
     python -m benchmarks native wasm    # some: native fs fairness wasm limits cluster operator
     python -m benchmarks --json out.json
+    ESTARTER_BENCH_300=1 python -m benchmarks cluster   # also the 300-app memory run
+
+A module may list the figures it reports in ``FIGURES`` (name prefixes): any of them
+it did not report (it failed, or the machine could not give a number) is printed as
+``not measured`` with its target, so the table always has every row. A module may
+also call ``report.unmeasured(name, target, why)`` itself.
 """
 
 from __future__ import annotations
@@ -34,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:58s} ours {ours:10.4g} {unit:3s} base {baseline:10.4g} {unit:3s} "
               f"ratio {ratio:6.2f}x {tgt:8s} {ok}", flush=True)
 
+    def unmeasured(name: str, target: float | None, why: str) -> None:
+        rows.append({"name": name, "ours": None, "baseline": None, "ratio": None,
+                     "target": target, "unit": "", "verdict": "not measured", "why": why})
+        tgt = "" if target is None else f"<= {target:g}x"
+        print(f"{name:58s} not measured ({why[:80]}) {tgt}", flush=True)
+
+    report.unmeasured = unmeasured  # type: ignore[attr-defined]
+
     failed = 0
     for name in args.names or MODULES:
         try:
@@ -42,11 +56,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}: not available", flush=True)
             continue
         print(f"-- {name}", flush=True)
+        before = len(rows)
+        why = "the benchmark did not report it"
         try:
             module.run(report)
-        except Exception:
+        except Exception as exc:
             failed += 1
             traceback.print_exc()
+            why = f"{type(exc).__name__}: {exc}"
+        done = [str(r["name"]) for r in rows[before:]]
+        for figure, target in getattr(module, "FIGURES", {}).items():
+            if not any(n.startswith(figure) for n in done):
+                unmeasured(figure, target, why)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

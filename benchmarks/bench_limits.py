@@ -7,16 +7,18 @@ bomb is killed. Needs root and writable cgroups for the cgroup figures.
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from estarter.hosting import limits
+from estarter.hosting import limits, python_app
 from estarter.hosting.base import HostContext
 from estarter.hosting.spawn import launcher_command
 from estarter.manifest import RestartPolicy, RuntimeKind
@@ -24,6 +26,12 @@ from estarter.policy import MIB, SandboxPolicy
 
 Report = Callable[[str, float, float, "float | None", str], None]
 ROUNDS = 15
+SANDBOX_ROUNDS = 40
+SANDBOX_BUDGET_MS = 10.0  # issue 15: bwrap's set-up per launch over a bare launch
+FIGURES: dict[str, float | None] = {
+    "sandbox set-up per launch (bwrap, our argv) over a bare exec": 1.0,
+}
+ADMIN = frozenset({"fs.write", "admin"})  # sandboxed: false needs admin granted
 
 
 def _policy(root: Path, app_id: str, source: str, **over: Any) -> SandboxPolicy:
@@ -86,12 +94,47 @@ def _median(fn: Callable[[], float]) -> float:
 def bench_launch(report: Report, root: Path) -> None:
     app = ["/bin/true"]
     base = _median(lambda: _launch(root, None, app))
-    cg = _median(lambda: _launch(root, _policy(root, "b-cg", "", sandboxed=False), app))
+    cg = _median(lambda: _launch(root, _policy(root, "b-cg", "", sandboxed=False,
+                                               requested=ADMIN, granted=ADMIN), app))
     full = _median(lambda: _launch(root, _policy(root, "b-full", ""), app))
     report("limits: launch, cgroups+rlimits+netns vs bare launcher (s)", cg, base, None, "s")
     report("limits: launch, cgroups+bwrap sandbox vs bare launcher (s)", full, base, None, "s")
     report("limits: set-up cost per launch, full (ms over bare)", (full - base) * 1000,
            base * 1000, None, "ms")
+
+
+def bench_sandbox(report: Report, root: Path) -> None:
+    """What bwrap with the argv estarter gives a sandboxed python app costs per launch
+    over exec'ing the same program bare: ``bwrap ARGV -- /bin/true`` vs ``/bin/true``,
+    interleaved, medians. Wall time (what a launch waits) and, for reference, the CPU
+    time of the child processes (what the machine spends; less load-sensitive)."""
+    import resource
+
+    from estarter.hosting.limits.sandbox import bwrap_argv
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        unmeasured = getattr(report, "unmeasured", None)
+        if unmeasured is not None:
+            unmeasured(next(iter(FIGURES)), 1.0, "bwrap is not installed")
+        return
+    policy = _policy(root, "b-sandbox", "")
+    wrapper = bwrap_argv(bwrap, policy, _ctx(root, policy.app_id))
+    wall: dict[str, list[float]] = {"bare": [], "bwrap": []}
+    cpu: dict[str, list[float]] = {"bare": [], "bwrap": []}
+    for _ in range(SANDBOX_ROUNDS):
+        for kind, argv in (("bare", ["/bin/true"]), ("bwrap", [*wrapper, "/bin/true"])):
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, cwd=root)
+            wall[kind].append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[kind].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    extra = (statistics.median(wall["bwrap"]) - statistics.median(wall["bare"])) * 1000
+    extra_cpu = (statistics.median(cpu["bwrap"]) - statistics.median(cpu["bare"])) * 1000
+    report(next(iter(FIGURES)), extra, SANDBOX_BUDGET_MS, 1.0, "ms")
+    report("  of which CPU time (children's user+sys), vs the same budget", extra_cpu,
+           SANDBOX_BUDGET_MS, None, "ms")
 
 
 BOMB = """\
@@ -107,7 +150,8 @@ def _bomb(root: Path, limit_mb: int) -> float:
     """Seconds from the bomb's first allocation to its exit being seen."""
     policy = _policy(root, f"b-bomb{limit_mb}", BOMB, memory_limit_bytes=limit_mb * MIB)
     lim = limits.prepare(policy, _ctx(root, policy.app_id))
-    plan = lim.plan([sys.executable, "-E", "-s", "-B", str(policy.entry)], {}, root)
+    # The base interpreter: the venv's link points outside what the sandbox mounts.
+    plan = lim.plan([python_app.interpreter(), "-I", "-S", "-B", str(policy.entry)], {}, root)
     proc = subprocess.Popen(launcher_command(plan.spec, [*plan.wrapper, *plan.argv]),
                             cwd=root, stderr=subprocess.PIPE, pass_fds=plan.pass_fds)
     lim.started(proc.pid)
@@ -135,14 +179,19 @@ def bench_memory_bomb(report: Report, root: Path) -> None:
 
 
 def run(report: Report) -> None:
-    facts = limits.detect()
-    if facts.backend == "rlimit":
-        print("bench_limits: no writable cgroups (not root?): skipped", file=sys.stderr)
-        return
+    parts: list[Callable[[Report, Path], None]] = [bench_sandbox]
+    if limits.detect().backend == "rlimit":
+        print("bench_limits: no writable cgroups (not root?): cgroup figures skipped",
+              file=sys.stderr)
+    else:
+        parts += [bench_launch, bench_memory_bomb]
     with tempfile.TemporaryDirectory(prefix="bench-limits-") as tmp:
         root = Path(tmp)
-        bench_launch(report, root)
-        bench_memory_bomb(report, root)
+        for part in parts:
+            try:  # one failing part leaves the others' figures
+                part(report, root)
+            except Exception:
+                traceback.print_exc()
 
 
 def _print(name: str, ours: float, baseline: float, target: float | None, unit: str) -> None:
