@@ -227,8 +227,9 @@ def test_sigkill_during_install_leaves_no_app_or_the_whole_app(tmp_path: Path) -
     app_dir = home / "apps" / "big"
     if listed:  # the kill came after the publishing rename: all of it is there
         assert [r["appId"] for r in listed] == ["big"]
+        app_dir /= json.loads((app_dir / "installed.json").read_text())["current"]
         assert sorted(str(p.relative_to(app_dir)) for p in app_dir.rglob("*.bin")) == names
     else:
         assert not app_dir.exists()
     ok_json(home, "install", str(package))
-    assert len(list(app_dir.rglob("*.bin"))) == len(names)
+    assert len(list((home / "apps" / "big").rglob("*.bin"))) == len(names)

@@ -64,7 +64,9 @@ def test_install_list_get(home: Path, v1: Path, tmp_path: Path) -> None:
     store.install(make_app(tmp_path / "other", app_id="other"))  # a folder installs too
     assert [m.id for m in store.list()] == ["demo", "other"]
     got, folder = store.get("demo")
-    assert got == manifest and folder == home / "apps" / "demo"
+    # each version in a folder of its own: apps/<id>/<version>-<digest>
+    assert got == manifest and folder.parent == home / "apps" / "demo"
+    assert folder.name.startswith("1.0.0-")
     assert tree(folder) == tree(tmp_path / "v1")
     assert list((home / "staging").iterdir()) == []
 
@@ -134,7 +136,7 @@ def test_uninstall_removes_app_and_data(home: Path, v1: Path) -> None:
 def test_damaged_app_is_listed_as_skipped_and_can_be_uninstalled(home: Path, v1: Path) -> None:
     store = AppStore(home)
     store.install(v1)
-    (home / "apps" / "demo" / "manifest.json").write_text("{broken")
+    (store.get("demo")[1] / "manifest.json").write_text("{broken")
     assert store.list() == []
     store.uninstall("demo")
     assert not (home / "apps" / "demo").exists()
@@ -172,7 +174,7 @@ def test_resolve(home: Path, v1: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert list((home / "staging").iterdir()) == []
 
     store.install(v1)
-    assert store.resolve("demo") == (manifest, home / "apps" / "demo")
+    assert store.resolve("demo") == (manifest, store.get("demo")[1])
     with pytest.raises(NotFound, match="neither an installed app"):
         store.resolve("nothing-here")
 
@@ -229,7 +231,12 @@ def check_state(home: Path, want: str | None, tmp_path: Path) -> None:
     else:
         assert [m.version for m in store.list()] == [want]
         source = tmp_path / ("v1" if want == "1.0.0" else "v2")
-        assert tree(home / "apps" / "demo") == tree(source)
+        assert tree(store.get("demo")[1]) == tree(source)
+        # nothing else left: the pointer file and the versions it names
+        named = {store.get("demo")[1].name}
+        if store.previous_folder("demo") is not None:
+            named.add(store.previous_folder("demo").name)  # type: ignore[union-attr]
+        assert {p.name for p in (home / "apps" / "demo").iterdir()} == {"installed.json", *named}
 
 
 def crash_points(steps: list[str]) -> list[object]:
