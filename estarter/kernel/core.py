@@ -27,6 +27,7 @@ from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..paths import kernel_db, log_file
 from ..policy import SandboxPolicy
 from ..state import AppRecords
+from ..store import pin_folder, unpin_folder
 from . import processes, recovery, services
 from .events import EventLog
 from .fs_service import VfsService
@@ -84,6 +85,8 @@ class AppRecord:
         self.node_relaunches = 0  # runs started again after their node or supervisor was lost
         self.final_metrics: dict[str, Any] | None = None  # the run's counters at its end
         self.done = threading.Event()
+        # An installed version's folder stays while a run (and its restarts) uses it.
+        self.pin: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,6 +209,8 @@ class Kernel:
             rec.exit = info
             rec.state = HostState.FAILED if exit_info.get("failed") else HostState.EXITED
             rec.final_metrics = exit_info.get("metrics")
+            unpin_folder(rec.pin)
+            rec.pin = None
         if self.records is not None:
             self.records.ended(app_id, run_id, rec.state.value, exit_info,
                                keep_wanted=self._keep_wanted)
@@ -296,6 +301,7 @@ class Kernel:
                 raise Busy(f"app {app_id} is already running", {"appId": app_id})
             run_id = self.records.next_run_id() if self.records else next(self._run_ids)
             rec = AppRecord(app_id, run_id, policy, self.clock(), ref)
+            rec.pin = self._pin(policy.app_dir)
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
         self.vfs.set_quota(app_id, policy.disk_quota_bytes)
@@ -412,11 +418,18 @@ class Kernel:
         rec.state = HostState.RUNNING
         rec.pid = info.get("pid")
         rec.node = info.get("node")
+        rec.pin = self._pin(policy.app_dir)
         with self._lock:
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
         self.vfs.set_quota(app_id, policy.disk_quota_bytes)
         self.lifecycle.seed(app_id)
+
+    def _pin(self, folder: Path) -> int | None:
+        """Pin an installed version's folder for a run (store.pin_folder)."""
+        if not folder.is_relative_to((self.home / "apps").resolve()):
+            return None
+        return pin_folder(folder)
 
     def recover(self, attach: Attach | None = None) -> dict[str, Any]:
         """Adopt still-running supervisors, relaunch lost apps per policy (see
