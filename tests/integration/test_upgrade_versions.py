@@ -49,13 +49,7 @@ def test_a_crash_restart_after_a_deferred_upgrade_runs_the_old_version_whole(
         v2_folder = AppStore(runtime.home).get("pinned")[1]
         assert v2_folder != v1_folder and v1_folder.is_dir()
 
-        # A crash: the supervisor restarts it. (The pid the app sees is its sandbox's.)
-        entry = str(v1_folder / "app.py")
-        victims = processes_with(entry)
-        assert victims
-        for proc in victims:  # the sandbox and the app: one may take the other with it
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
+        crash(v1_folder)  # the supervisor restarts it
         assert wait_until(lambda: len(reports(runtime, "pinned")) >= 2, 180)
         again = reports(runtime, "pinned")[1]
         assert {k: again[k] for k in v1} == v1  # v1's files, entry, args: not a mix
@@ -68,3 +62,39 @@ def test_a_crash_restart_after_a_deferred_upgrade_runs_the_old_version_whole(
         assert {k: third[k] for k in v2} == v2
     finally:
         runtime.stop("pinned", 2.0)
+
+
+def crash(folder: Path) -> None:
+    """SIGKILL the app run from ``folder`` (found by its entry on the command line: the
+    pid the app sees is its sandbox's); the sandbox and the app may take each other."""
+    victims = processes_with(str(folder / "app.py"))
+    assert victims
+    for proc in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+
+
+def test_a_running_version_outlives_two_upgrades_until_its_run_ends(
+        runtime: Runtime, tmp_path: Path) -> None:
+    runtime.install(versioned(tmp_path, "0.1.0"))
+    v1_folder = AppStore(runtime.home).get("pinned")[1]
+    runtime.launch("pinned")
+    try:
+        assert wait_until(lambda: reports(runtime, "pinned"), 120)
+        runtime.install(versioned(tmp_path, "0.2.0"), restart=False)
+        runtime.install(versioned(tmp_path, "0.3.0"), restart=False)
+        # 0.1.0 is neither current nor previous now, but the run pins its folder.
+        store = AppStore(runtime.home)
+        assert store.previous("pinned").version == "0.2.0"  # type: ignore[union-attr]
+        assert (v1_folder / "data.txt").read_text() == "files-0.1.0"
+        crash(v1_folder)
+        assert wait_until(lambda: len(reports(runtime, "pinned")) >= 2, 180)
+        assert reports(runtime, "pinned")[1]["data"] == "files-0.1.0"
+        runtime.restart("pinned", 5.0)
+        assert wait_until(lambda: len(reports(runtime, "pinned")) >= 3, 180)
+        assert reports(runtime, "pinned")[2]["data"] == "files-0.3.0"
+    finally:
+        runtime.stop("pinned", 2.0)
+    AppStore(runtime.home)  # the 0.1.0 run has ended: the next store change removes it
+    assert not v1_folder.exists()
+    assert len([p for p in v1_folder.parent.iterdir() if p.is_dir()]) == 2
