@@ -317,14 +317,14 @@ def test_thousand_messages_in_order_and_a_full_inbox_is_bounded(runtime: Runtime
     runtime.launch(write_app(tmp_path, "receiver", RECEIVER))
     wait_report(runtime, "receiver", lambda r: r.get("ready"))
     runtime.launch(write_app(tmp_path, "sender", SENDER))
-    done = wait_report(runtime, "receiver", lambda r: "count" in r, timeout=120)
+    done = wait_report(runtime, "receiver", lambda r: "count" in r, timeout=300)
     assert done == {"count": 1000, "ordered": True}
 
     sink = runtime.launch(write_app(tmp_path, "sink", SINK))
     wait_report(runtime, "sink", lambda r: r.get("ready"))
     before = runtime.kernel.statistics()
     runtime.launch(write_app(tmp_path, "flood", FLOOD))
-    flood = wait_report(runtime, "flood", lambda r: "sent" in r, timeout=120)
+    flood = wait_report(runtime, "flood", lambda r: "sent" in r, timeout=300)
     after = runtime.kernel.statistics()
     assert flood["busy"] > 0 and flood["sent"] + flood["busy"] == 3000
     assert after["ipc"]["bytes"] <= MAX_INBOX_BYTES

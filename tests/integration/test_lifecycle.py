@@ -72,7 +72,8 @@ def test_on_failure_restarts_with_growing_delays_then_fails(fast_runtime: Runtim
     assert any("giving up" in line for line in lines)
     ends = [stamp(line) for line in lines if "app ended: crashed" in line]
     gaps = [b - a for a, b in itertools.pairwise(ends)]
-    assert len(ends) == 4 and gaps == sorted(gaps)  # each wait longer than the last
+    # Each restart waited at least its delay (an upper bound would measure the load).
+    assert len(ends) == 4 and all(gap >= delay for gap, delay in zip(gaps, delays, strict=True))
 
 
 def test_never_stays_exited(fast_runtime: Runtime, tmp_path: Path) -> None:
