@@ -52,7 +52,10 @@ class KernelShell(Kernel):
         # this actor, looked up by name: after a restart too).
         vfs = ray_api.find_actor(VFS_NAME)
         # Supervisors mount the zones only where they are the VFS's folders.
-        vfs_node = ray_api.call(vfs.describe, timeout=120)["node"]
+        try:
+            vfs_node = str(ray_api.call(vfs.describe, timeout=120)["node"])
+        except EstarterError:  # restarting: it is pinned to this node, as this actor is
+            vfs_node = ray_api.node_id()
         spawner.storage = {"shared": shared_storage, "vfsNode": vfs_node}
         super().__init__(root, permission_client(root), spawner, AppStore(root),
                          node=ray_api.node_ip(), strict=strict, records=records,
