@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from estarter.errors import (
     EstarterError,
     InternalError,
     NotFound,
+    Unavailable,
 )
 
 from .options import NAMESPACE
@@ -32,6 +34,11 @@ def init(address: str | None = None, resources: dict[str, float] | None = None) 
     if ray.is_initialized():
         return
     _reload_auth_env()
+    # Ray announces its default token auth at every start of a local Ray ("Token
+    # authentication is enabled for this Ray cluster..."), a banner in the user's
+    # terminal about a default we keep (DESIGN). Its errors still show.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     extra: dict[str, Any] = {}
     if not address or address == "local":
         if resources is None:
@@ -41,14 +48,20 @@ def init(address: str | None = None, resources: dict[str, float] | None = None) 
 
             resources = node_resources(psutil.virtual_memory().total)
         extra["resources"] = resources
-    ray.init(
-        address=address or "local",
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        log_to_driver=bool(os.environ.get("ESTARTER_RAY_LOGS")),
-        configure_logging=False,
-        **extra,
-    )
+    try:
+        ray.init(
+            address=address or "local",
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            log_to_driver=bool(os.environ.get("ESTARTER_RAY_LOGS")),
+            configure_logging=False,
+            **extra,
+        )
+    except Exception as exc:  # Ray raises bare Exception / ConnectionError here
+        # One clear line for the CLI, not Ray's traceback: a head that timed out
+        # starting (an overloaded host), an address nothing answers on.
+        where = f"join Ray at {address}" if address and address != "local" else "start Ray"
+        raise Unavailable(f"could not {where}: {exc}") from exc
 
 
 def is_initialized() -> bool:

@@ -95,15 +95,20 @@ def run(
     from .daemon import reachable, read_runtime
     from .runtime import Runtime
 
-    grants, report = consent(home_of(home), path, cli_apps.checked_grants(grant), grant_all,
+    root = home_of(home)
+    if not address:
+        _check_app(root, path)
+    grants, report = consent(root, path, cli_apps.checked_grants(grant), grant_all,
                              terminal_ask(json_out))
     try:
-        root = home_of(home)
         info = None if local or address else read_runtime(root)
         if info is not None and reachable(info.address):
-            rt = Runtime.connect(root)
+            with _progress(json_out, "joining the runtime that is up"):
+                rt = Runtime.connect(root)
         else:
-            rt = Runtime.start(local=local, address=address, home=root, strict=strict)
+            with _progress(json_out or local, f"joining Ray at {address}" if address
+                           else "starting an embedded Ray"):
+                rt = Runtime.start(local=local, address=address, home=root, strict=strict)
     except EstarterError as exc:
         raise fail(str(exc), 1) from None
     try:
@@ -120,6 +125,27 @@ def run(
                                          report))
     finally:
         rt.shutdown()
+
+
+def _check_app(root: Path, ref: str) -> None:
+    """Refuse an app that cannot be found or read before any Ray starts: a typo
+    answered in a second, not after the 5-10 s of an embedded Ray. (Joining a cluster
+    by address, the kernel may resolve what this machine cannot: not checked here.)"""
+    from .store import AppStore
+
+    try:
+        AppStore(root).resolve(ref)
+    except EstarterError as exc:
+        raise fail(str(exc)) from None
+
+
+def _progress(quiet: bool, what: str) -> Any:
+    """A spinner on stderr while Ray starts, on a terminal only (never with --json)."""
+    import contextlib
+
+    if quiet or not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status(f"{what}...")
 
 
 def _run_foreground(rt: Any, path: str, json_out: bool, grants: list[str],

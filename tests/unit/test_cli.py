@@ -255,3 +255,35 @@ def test_install_lists_what_stays_ungranted_and_the_command(tmp_path: Path) -> N
     assert human.exit_code == 0, human.stderr
     assert "not granted (requested by its manifest): fs.write" in human.stderr
     assert "grant with: estarter permissions grant writer fs.write" in human.stderr
+
+
+RUN_WITHOUT_RAY = """
+import sys
+from typer.testing import CliRunner
+from estarter.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+print(result.exit_code, "ray" in sys.modules)
+print(result.output)
+"""
+
+
+@pytest.mark.parametrize("what", ["typo", "broken manifest", "not a folder"])
+def test_run_refuses_bad_input_before_any_ray_starts(tmp_path: Path, what: str) -> None:
+    # Embedded `run` used to start Ray (5-10 s) before saying that the app does not
+    # exist; now the app is read first and Ray is never imported for a bad one.
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"id": "broken", "runtime": "python"')
+    (tmp_path / "file.txt").write_text("x")
+    ref = {"typo": "nosuchapp", "broken manifest": str(broken),
+           "not a folder": str(tmp_path / "file.txt")}[what]
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT_RAY, "run", ref, "--home", str(tmp_path / "h")],
+        capture_output=True, text=True, timeout=120)
+    status, *output = proc.stdout.splitlines()
+    assert status == "2 False", proc.stdout + proc.stderr
+    lines = [line for line in output if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("estarter: error: "), lines
