@@ -7,13 +7,16 @@ charged from its first instruction.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ...policy import SandboxPolicy
-from .cgroupfs import ESTARTER, Cgroups, keyed, read_int
+from .cgroupfs import ESTARTER, Cgroups, keyed, read_int, write
 from .plan import Outcome
 
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+TASK_SHARES = 1024  # the cpu.shares of one process (nice 0)
+MAX_SHARES = 262144
 # A file that exists only where the controller is really mounted.
 MARKERS = {
     "memory": "memory.limit_in_bytes",
@@ -34,8 +37,6 @@ def mounted_controllers(root: Path) -> dict[str, Path]:
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     return os.access(path, os.W_OK)
 
 
@@ -56,6 +57,32 @@ class CgroupsV1(Cgroups):
             d.mkdir(parents=True, exist_ok=False)
             self.dirs.append(d)
             self.by_controller[name] = d
+        self.weigh_cpu_parent()
+
+    def remove(self) -> list[Path]:
+        left = super().remove()
+        self.weigh_cpu_parent()
+        return left
+
+    def weigh_cpu_parent(self) -> None:
+        """Give the ``estarter`` cpu group one process's weight per app in it.
+
+        cgroup v1 weighs a group as one task against every process of its parent
+        (the root's: Ray's workers, everyone's processes), so all apps together got
+        one process's share of the CPU: 100 apps launched beside 100 starting Ray
+        workers took 40 s from spawn to their first line (issue 15). A weight, not a
+        limit: ``cpuQuota`` is each app's own ``cpu.cfs_quota_us``, unchanged, and an
+        app without one weighs what a process of its own would. Best effort."""
+        mount = self.mounts.get("cpu")
+        if mount is None:
+            return
+        parent = mount / ESTARTER
+        try:
+            with os.scandir(parent) as entries:
+                apps = sum(1 for e in entries if e.is_dir(follow_symlinks=False))
+            write(parent / "cpu.shares", str(min(MAX_SHARES, TASK_SHARES * max(1, apps))))
+        except OSError:
+            pass
 
     def apply(self, policy: SandboxPolicy, out: Outcome) -> set[str]:
         """Write the limits this hierarchy can hold; returns the manifest keys handled."""
