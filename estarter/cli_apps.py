@@ -451,12 +451,18 @@ LOG_FOLLOW_LINES = 1000  # more than half a second of any app's lines (capped ra
 
 
 def _after(seen: list[str], tail: list[str]) -> list[str]:
-    """The lines of ``tail`` after the longest end of ``seen`` it starts with."""
+    """The lines of ``tail`` (a newer tail of the same log) after those of ``seen``:
+    where all of ``seen`` ends in it (the first such place: a repeated line is shown
+    again rather than a new one dropped), else where it starts inside ``seen``."""
     if not seen:
         return tail
-    for i in range(min(len(tail), len(seen)) - 1, -1, -1):  # tail[:i+1] == seen's end?
-        if tail[i] == seen[-1] and tail[:i + 1] == seen[-(i + 1):]:
-            return tail[i + 1:]
+    n = len(seen)
+    for j in range(n - 1, len(tail)):  # all of seen within tail, ending at j
+        if tail[j] == seen[-1] and tail[j + 1 - n:j + 1] == seen:
+            return tail[j + 1:]
+    for j in range(min(n, len(tail)) - 1, -1, -1):  # tail starts inside seen
+        if tail[j] == seen[-1] and tail[:j + 1] == seen[-(j + 1):]:
+            return tail[j + 1:]
     return tail
 
 

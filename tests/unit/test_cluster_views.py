@@ -89,7 +89,7 @@ def test_cli_logs_of_a_running_app_come_from_its_supervisor(tmp_path: Path) -> N
         L = "2026-11-29 10:00:0%d,000 INFO stdout line %d"
         answers = [["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a
                    ["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a -f: first
-                   ["supervisor", [L % (2, 2), L % (3, 3)]],      # then one new line
+                   ["supervisor", [L % (0, 0), L % (1, 1), L % (2, 2), L % (3, 3)]],
                    ["file", [L % (2, 2), L % (3, 3), L % (4, 4)]]]  # ended
         calls = []
 
