@@ -3,8 +3,14 @@
 5. Density: 100 trivial apps at once (each connects, answers one call, sleeps).
    - supervisor memory: median USS of a supervisor worker vs an idle Ray actor's
      worker: <= 1.2x;
-   - time until all 100 have answered a call vs starting 100 idle Ray actors;
+   - time until all 100 have answered a call vs starting 100 idle Ray actors:
+     <= 1.3x (issue 15), with where the time of one launch goes (medians over the
+     100: waiting for a launch slot, ``Runtime.launch`` in the kernel and the
+     supervisor actor, spawn to the interpreter's first line, first line to the
+     answered call);
    - memory of it all (supervisors plus apps) vs 100 idle Ray actors.
+   - opt-in (``ESTARTER_BENCH_300=1``): the same with 300 apps, memory <= 1.15x.
+   Also the idle runtime: processes and USS of Ray plus an idle estarter vs Ray alone.
 2. Throughput: 8 apps calling ``system.ping`` at once, one call in flight each, for
    a fixed window; total calls/s vs raw Ray with 8 caller actors each calling its
    own echo actor the same way (n:n): >= 0.7x. Reported as time per call (the
@@ -18,10 +24,12 @@ Run: ``python -m benchmarks cluster``.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,14 +41,24 @@ from benchmarks.bench_native import write_app
 Report = Callable[[str, float, float, "float | None", str], None]
 MIB = 1024 * 1024
 APPS = 100
+BIG = 300  # the opt-in memory run
+FIGURES: dict[str, float | None] = {
+    "idle runtime (up, no apps)": None,
+    "target 2: 8 apps ping at once": round(1 / 0.7, 2),
+    "target 5: supervisor USS (median) vs idle Ray actor": 1.2,
+    f"{APPS} apps at once: all answered a call vs {APPS} idle actors up": 1.3,
+    f"{BIG} apps: supervisors + apps USS vs {BIG} idle actors": 1.15,
+}
 CALLERS = 8
 WINDOW = 3.0  # seconds of calls, all callers at once
 
 DENSITY_APP = """
 import time
+first_line = time.time()
+import json
 from sdk import EStarterClient
 client = EStarterClient.connect()
-client.ui.notify("up", "1")
+client.ui.notify("up", json.dumps([first_line, time.time()]))  # its one answered call
 time.sleep(600)
 """
 
@@ -91,7 +109,15 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _count(rt: Any, title: str) -> int:
-    return sum(1 for n in rt.notifications(10 * APPS) if n["title"] == title)
+    return sum(1 for n in rt.notifications(10 * BIG) if n["title"] == title)
+
+
+def _session_processes() -> list[int]:
+    """This driver's process tree: the embedded Ray (GCS, raylet, agents, workers)."""
+    try:
+        return [p.pid for p in psutil.Process().children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 # -- raw Ray baselines ----------------------------------------------------------------
@@ -131,9 +157,11 @@ def _raw_calls_per_second(n: int, shared: bool) -> float:
         def __init__(self, target: Any) -> None:
             self.target = target
 
-        def run(self, start_at: float, window: float) -> int:
+        def warm(self) -> None:
             for _ in range(200):
                 ray.get(self.target.ping.remote())
+
+        def run(self, start_at: float, window: float) -> int:
             while time.time() < start_at:
                 time.sleep(0.001)
             count, end = 0, start_at + window
@@ -145,8 +173,11 @@ def _raw_calls_per_second(n: int, shared: bool) -> float:
     echoes = [Echo.remote() for _ in range(1 if shared else n)]  # type: ignore[attr-defined]
     callers = [Caller.remote(echoes[0 if shared else i])  # type: ignore[attr-defined]
                for i in range(n)]
-    start_at = time.time() + 5.0
-    counts = ray.get([c.run.remote(start_at, WINDOW) for c in callers], timeout=120)
+    # Every caller is up and warm before the window is set: on a loaded machine a
+    # start time fixed in advance saw callers start after their window (0 calls).
+    ray.get([c.warm.remote() for c in callers], timeout=300)
+    start_at = time.time() + 1.0
+    counts = ray.get([c.run.remote(start_at, WINDOW) for c in callers], timeout=300)
     for a in echoes + callers:
         ray.kill(a)
     return sum(counts) / WINDOW
@@ -155,34 +186,83 @@ def _raw_calls_per_second(n: int, shared: bool) -> float:
 # -- estarter ---------------------------------------------------------------------------
 
 
-def _density(rt: Any, root: Path, report: Report) -> None:
-    folders = [write_app(root, f"dense{i:03d}", DENSITY_APP) for i in range(APPS)]
+def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
+             memory_target: float | None = None) -> None:
+    prefix = f"dense{apps}-"
+    ids = [f"{prefix}{i:03d}" for i in range(apps)]
+    folders = [write_app(root, app_id, DENSITY_APP) for app_id in ids]
+    seen = _count(rt, "up")
+    called: dict[str, tuple[float, float]] = {}
+
+    def launch(folder: Path) -> None:
+        began = time.time()
+        rt.launch(folder)
+        called[folder.name] = (began, time.time())
+
     t0 = time.monotonic()
+    w0 = time.time()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(rt.launch, folders))
-    _wait(lambda: _count(rt, "up") >= APPS, 600, f"{APPS} apps answering")
+        list(pool.map(launch, folders))
+    _wait(lambda: _count(rt, "up") - seen >= apps, 600 + 3 * apps, f"{apps} apps answering")
     ours_start = time.monotonic() - t0
     time.sleep(1.0)  # same settling as for the idle actors
-    sup_uss, app_uss = [], []
-    for i in range(APPS):
-        pid = rt.info(f"dense{i:03d}")["host"]["pid"]
+    sup_uss, app_uss, profile = [], [], []
+    ups = {n["appId"]: n["message"] for n in rt.notifications(10 * BIG) if n["title"] == "up"}
+    missing: list[str] = []
+    for app_id in ids:
+        info = rt.info(app_id)
+        host = info["host"]
+        pid = host["pid"]
         sup_uss.append(_uss(psutil.Process(pid).ppid()))
         app_uss.append(_tree_uss(pid))
+        try:
+            first_line, answered = json.loads(ups[app_id])
+            began, returned = called[app_id]
+            spawned = float(host.get("startedAt") or info["startedAt"])
+            profile.append((began - w0, returned - began, first_line - spawned,
+                            answered - first_line))
+        except (KeyError, TypeError, ValueError) as exc:
+            missing.append(f"{app_id}: {exc!r}")
+    if missing:
+        print(f"profile: {len(missing)} apps without timings, e.g. {missing[0]}", flush=True)
     t1 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: rt.stop(f"dense{i:03d}", grace=0.5), range(APPS)))
+        list(pool.map(lambda app_id: rt.stop(app_id, grace=0.5), ids))
     stop_s = time.monotonic() - t1
-    base_start, idle_uss = _idle_actors(APPS)
+    base_start, idle_uss = _idle_actors(apps)
     idle = statistics.median(idle_uss)
+    total = (sum(sup_uss) + sum(app_uss)) / MIB
+    if apps != APPS:
+        report(f"{apps} apps: supervisors + apps USS vs {apps} idle actors", total,
+               idle * apps / MIB, memory_target, "MiB")
+        report(f"{apps} apps at once: all answered a call vs {apps} idle actors up (ref)",
+               ours_start, base_start, None, "s")
+        return
     report("target 5: supervisor USS (median) vs idle Ray actor", statistics.median(sup_uss)
            / MIB, idle / MIB, 1.2, "MiB")
     report(f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
-           ours_start, base_start, None, "s")
-    report(f"{APPS} apps: supervisors + apps USS vs {APPS} idle actors",
-           (sum(sup_uss) + sum(app_uss)) / MIB, idle * APPS / MIB,
-           None, "MiB")
+           ours_start, base_start, 1.3, "s")
+    steps = ("waiting for a launch slot (16 launching at once)",
+             "Runtime.launch: kernel, supervisor actor, cgroups, spawn",
+             "spawn to first line: launcher, bwrap, interpreter",
+             "first line to answered call: SDK import, connect, ui.notify")
+    for k, step in enumerate(steps):
+        if profile:
+            report(f"  {APPS} apps profile, median per app: {step}",
+                   statistics.median(p[k] for p in profile), base_start, None, "s")
+    report(f"{APPS} apps: supervisors + apps USS vs {APPS} idle actors", total,
+           idle * APPS / MIB, memory_target, "MiB")
     report(f"{APPS} apps: one app's process tree USS (median), stop all: {stop_s:.1f} s",
            statistics.median(app_uss) / MIB, idle / MIB, None, "MiB")
+
+
+def _idle_runtime(ray_alone: tuple[int, int], report: Report) -> None:
+    """Processes and USS of the driver's tree with an idle runtime vs Ray alone."""
+    time.sleep(2.0)  # the runtime's actors settle
+    pids = _session_processes()
+    uss = sum(_uss(p) for p in pids)
+    report(f"idle runtime (up, no apps): {len(pids)} processes vs {ray_alone[0]} of Ray "
+           f"alone, USS", uss / MIB, ray_alone[1] / MIB, None, "MiB")
 
 
 def _throughput(rt: Any, root: Path, report: Report) -> None:
@@ -198,11 +278,21 @@ def _throughput(rt: Any, root: Path, report: Report) -> None:
         go.write_text(repr(start_at))
     _wait(lambda: _count(rt, "calls") >= CALLERS, 120, "callers reporting")
     total = sum(int(n["message"]) for n in rt.notifications(1000) if n["title"] == "calls")
-    if total == 0:
-        raise RuntimeError("no caller made a call in its window")
+    if total == 0:  # every caller started after its window (a loaded machine)
+        unmeasured = getattr(report, "unmeasured", None)
+        if unmeasured is not None:
+            unmeasured("target 2: 8 apps ping at once", round(1 / 0.7, 2),
+                       "no caller made a call within its window")
+        return
     ours = total / WINDOW
     nn = _raw_calls_per_second(CALLERS, shared=False)
     n1 = _raw_calls_per_second(CALLERS, shared=True)
+    if not nn or not n1:
+        unmeasured = getattr(report, "unmeasured", None)
+        if unmeasured is not None:
+            unmeasured("target 2: 8 apps ping at once", round(1 / 0.7, 2),
+                       "the raw Ray callers made no call within their window")
+        return
     report(f"target 2: 8 apps ping at once ({ours:.0f}/s) vs raw Ray n:n ({nn:.0f}/s), "
            f"per call", 1e6 / ours, 1e6 / nn, round(1 / 0.7, 2), "us")
     report(f"8 apps ping at once vs raw Ray n:1 ({n1:.0f}/s), per call (reference)",
@@ -214,14 +304,35 @@ def run(report: Report) -> None:
     from estarter.runtime import Runtime
 
     ray_api.init()  # embedded local Ray with app slots, unless one is up already
+    time.sleep(2.0)
+    ray_pids = _session_processes()
+    ray_alone = (len(ray_pids), sum(_uss(p) for p in ray_pids))
+    failed: list[BaseException] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rt = Runtime.start(home=root / "home")
         try:
-            _throughput(rt, root, report)
-            _density(rt, root, report)
+            parts: list[Callable[[], None]] = [
+                lambda: _idle_runtime(ray_alone, report),
+                lambda: _throughput(rt, root, report),
+                lambda: _density(rt, root, report)]
+            if os.environ.get("ESTARTER_BENCH_300"):
+                parts.append(lambda: _density(rt, root, report, BIG, 1.15))
+            else:
+                unmeasured = getattr(report, "unmeasured", None)
+                if unmeasured is not None:
+                    unmeasured(f"{BIG} apps: supervisors + apps USS vs {BIG} idle actors",
+                               1.15, "opt-in: set ESTARTER_BENCH_300=1")
+            for part in parts:  # one failing part leaves the others' figures
+                try:
+                    part()
+                except Exception as exc:
+                    traceback.print_exc()
+                    failed.append(exc)
         finally:
             rt.shutdown()
+    if failed:
+        raise failed[0]
 
 
 if __name__ == "__main__":
