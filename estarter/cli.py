@@ -96,7 +96,7 @@ def run(
     from .runtime import Runtime
 
     root = home_of(home)
-    if not address:
+    if not address and not watch:  # --watch: the build may not have made the entry yet
         _check_app(root, path)
     grants, report = consent(root, path, cli_apps.checked_grants(grant), grant_all,
                              terminal_ask(json_out))
