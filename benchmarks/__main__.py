@@ -1,7 +1,7 @@
 """Run every benchmark (or those named) and print ratios against their targets.
 
     python -m benchmarks                 # all
-    python -m benchmarks native wasm    # some: native fs fairness wasm limits cluster operator
+    python -m benchmarks native wasm    # some: see MODULES (native ... operator nodeloss)
     python -m benchmarks --json out.json
     ESTARTER_BENCH_300=1 python -m benchmarks cluster   # also the 300-app memory run
 
@@ -20,7 +20,8 @@ import sys
 import traceback
 from typing import Any
 
-MODULES = ["native", "fs", "fairness", "wasm", "limits", "cluster", "operator"]
+MODULES = ["native", "fs", "fairness", "wasm", "limits", "cluster", "operator",
+           "nodeloss"]
 
 
 def main(argv: list[str] | None = None) -> int:

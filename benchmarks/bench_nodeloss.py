@@ -86,6 +86,8 @@ def trial() -> tuple[float, float, float]:
     from estarter.placement import APP_SLOT
     from estarter.runtime import Runtime
 
+    if ray.is_initialized():  # an earlier benchmark's Ray: this one needs a cluster
+        ray.shutdown()
     saved = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)  # the nodes (and so the kernel actor) inherit them
     cluster = Cluster(initialize_head=True, head_node_args={
