@@ -40,6 +40,7 @@ from .spawn import launcher_command
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_MALFORMED = 10
 MAX_PENDING_OUT_BYTES = 32 * 1024 * 1024
+DRAIN_SECONDS = 15.0  # the most an exit waits for the app's last output lines
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -283,8 +284,13 @@ class ProcessHost:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self._limits.kill()  # whatever the app left behind goes with it
-        for t in self._drainers:  # stdout and stderr readers reach EOF after the kill
-            t.join(timeout=2)
+        # stdout and stderr readers reach EOF after the kill: the app's last lines are
+        # logged before its exit is. The bound is for a pipe held by something the
+        # kill missed; on a loaded host a reader can be seconds behind (2 s lost the
+        # line an app's shutdown handler wrote last, under stress-ng).
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for t in self._drainers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         limit_reason = self._limits.exit_reason(code, cpu_seconds)
         if self._end_cause is not None:
             reason, detail = self._end_cause

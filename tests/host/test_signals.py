@@ -30,9 +30,11 @@ def status(key):
             return int(line.split()[1], 16)
 
 client = EStarterClient.connect()
-# Python itself ignores SIGPIPE and SIGXFSZ at start-up; everything else is inherited.
-print("signals", status("SigBlk"), status("SigIgn"), file=sys.stderr, flush=True)
 try:
+    # Python itself ignores SIGPIPE and SIGXFSZ at start-up; everything else is
+    # inherited. Printed inside the try: the stop follows this line at once, and on
+    # a loaded host its SystemExit could land before a try that came after it.
+    print("signals", status("SigBlk"), status("SigIgn"), file=sys.stderr, flush=True)
     while True:
         time.sleep(0.05)
 finally:
