@@ -53,6 +53,7 @@ SECCOMP_MODE_FILTER = 2
 BPF_MAXINSNS = 4096
 CLONE_NEWNET = 0x40000000
 GUARD_KILL_SECONDS = 5.0
+GUARD_WATCH_SECONDS = 120.0
 GUARD_RMDIR_SECONDS = 60.0
 
 
@@ -115,6 +116,22 @@ def _sweep(procs: list[str], token: str) -> None:
                 time.sleep(0.05)
 
 
+def _supervisor_dies_first(sup_fd: int, procs: list[str]) -> bool:
+    """The app ended first: wait for the supervisor to remove its cgroups (its job)
+    or to die (the app's end was its PDEATHSIG; a dying Ray worker can take seconds
+    on a loaded host, and then nobody else removes them), at most GUARD_WATCH_SECONDS.
+    Without cgroups (token mode) a second's grace. As the C launcher's guard."""
+    start = time.monotonic()
+    limit = GUARD_WATCH_SECONDS if procs else 1.0
+    while time.monotonic() - start < limit:
+        ready, _, _ = select.select([sup_fd], [], [], 0.2)
+        if ready:
+            return True
+        if procs and not any(os.path.exists(p) for p in procs):
+            return False
+    return False
+
+
 def _guard(spec: dict, supervisor: int) -> None:
     """Fork a detached watchdog of (supervisor, this process). Returns in the launcher."""
     try:
@@ -143,13 +160,10 @@ def _guard(spec: dict, supervisor: int) -> None:
                     os.close(fd)
                 except OSError:
                     pass
+        procs = list(spec.get("procs", []))
         ready, _, _ = select.select([app_fd, sup_fd], [], [])
-        if sup_fd not in ready:
-            # The app ended first. If that was the supervisor's PDEATHSIG, the
-            # supervisor's own exit follows within moments: give it that long.
-            ready, _, _ = select.select([sup_fd], [], [], 1.0)
-        if sup_fd in ready:
-            _sweep(list(spec.get("procs", [])), str(spec.get("token", "")))
+        if sup_fd in ready or _supervisor_dies_first(sup_fd, procs):
+            _sweep(procs, str(spec.get("token", "")))
     finally:
         os._exit(0)
 
