@@ -128,7 +128,9 @@ def test_v1_limits_counters_and_report(tmp_path: Path, fake_v1: Path) -> None:
     lim = limits.prepare(make_policy(tmp_path, cpu_quota_percent=150), make_ctx(tmp_path),
                          facts=facts)
     plan = lim.plan(["app"], {}, tmp_path)
-    leaf = {c: next((fake_v1 / c / "estarter").iterdir()) for c in facts.v1_mounts}
+    # The app's leaf is the one folder: the estarter group also holds its cpu.shares.
+    leaf = {c: next(d for d in (fake_v1 / c / "estarter").iterdir() if d.is_dir())
+            for c in facts.v1_mounts}
     assert (leaf["memory"] / "memory.limit_in_bytes").read_text() == str(64 * MIB)
     assert (leaf["pids"] / "pids.max").read_text() == "8"
     assert (leaf["cpu"] / "cpu.cfs_quota_us").read_text() == "150000"  # 1.5 cores
