@@ -62,3 +62,21 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
         if value or time.monotonic() >= deadline:
             return bool(value)
         time.sleep(interval)
+
+
+# The start of a fresh interpreter's script that plays a runtime that is up for the
+# home in argv[1] (runtime.json and the operator token): the CLI then talks to the
+# socket server the script starts, with a fake kernel behind it.
+FAKE_RUNTIME_UP = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from estarter.console.auth import ensure_token
+        from estarter.kernel.operator_access import OperatorService
+        from estarter.kernel.socket_server import SocketServer
+
+        home = Path(sys.argv[1])
+        (home / "run").mkdir(parents=True)
+        (home / "run" / "runtime.json").write_text(json.dumps(
+            {"home": str(home), "address": "127.0.0.1:1", "started_head": True}))
+        ensure_token(home)
+""")

@@ -20,6 +20,7 @@ from estarter.kernel.operator_access import OperatorService
 from estarter.manifest import parse_manifest
 from estarter.policy import SandboxPolicy
 from estarter.storage import SHARED_STORAGE_ENV, shared_from_env, zone_storage, zone_view
+from tests.apps import FAKE_RUNTIME_UP
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,18 +75,7 @@ def test_operator_logs_asks_the_kernel_and_checks_lines(tmp_path: Path) -> None:
 def test_cli_logs_of_a_running_app_come_from_its_supervisor(tmp_path: Path) -> None:
     """``estarter logs APP`` and ``-f`` against a fake kernel behind the real socket
     server: the lines its supervisor read (no log file on this node), each once."""
-    script = textwrap.dedent("""
-        import json, sys
-        from pathlib import Path
-        from estarter.console.auth import ensure_token
-        from estarter.kernel.operator_access import OperatorService
-        from estarter.kernel.socket_server import SocketServer
-
-        home = Path(sys.argv[1])
-        (home / "run").mkdir(parents=True)
-        (home / "run" / "runtime.json").write_text(json.dumps(
-            {"home": str(home), "address": "127.0.0.1:1", "started_head": True}))
-        ensure_token(home)
+    script = FAKE_RUNTIME_UP + textwrap.dedent("""
         L = "2026-11-29 10:00:0%d,000 INFO stdout line %d"
         answers = [["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a
                    ["supervisor", [L % (1, 1), L % (2, 2)]],      # logs a -f: first

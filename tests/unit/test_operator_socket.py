@@ -27,6 +27,7 @@ from estarter.operator_client import OPERATOR_TOKEN_FILE, OperatorClient, reach
 from estarter.paths import kernel_db, run_dir, state_db
 from estarter.protocol.framing import FrameDecoder, encode_frame
 from estarter.state import AppRecords
+from tests.apps import FAKE_RUNTIME_UP
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tool"
@@ -234,18 +235,7 @@ def test_status_row_leaves_unknowns_blank(host: dict[str, Any] | None,
 def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) -> None:
     """ps, start, stop, restart and inspect against a fake kernel behind the real
     socket server, in a fresh interpreter that must never import ray."""
-    script = textwrap.dedent("""
-        import json, sys
-        from pathlib import Path
-        from estarter.console.auth import ensure_token
-        from estarter.kernel.operator_access import OperatorService
-        from estarter.kernel.socket_server import SocketServer
-
-        home = Path(sys.argv[1])
-        (home / "run").mkdir(parents=True)
-        (home / "run" / "runtime.json").write_text(json.dumps(
-            {"home": str(home), "address": "127.0.0.1:1", "started_head": True}))
-        ensure_token(home)
+    script = FAKE_RUNTIME_UP + textwrap.dedent("""
         calls = []
 
         class FakeKernel:
