@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from . import cli_apps, cli_init, cli_kernel, cli_service, cli_versions
-from .cli_apps import home_of, printable
+from .cli_apps import err, fail, home_of, out, printable
 from .console import cli as console_cli
 from .errors import EstarterError
 
@@ -27,16 +26,6 @@ app = typer.Typer(no_args_is_help=True,
                   pretty_exceptions_enable=False)
 manifest_app = typer.Typer(no_args_is_help=True, help="Manifest tools.")
 app.add_typer(manifest_app, name="manifest")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear line to stderr; the caller raises the returned Exit."""
-    err.print(f"estarter: error: {message}", markup=False)
-    return typer.Exit(code)
-
 
 def exit_status(code: int | None) -> int:
     """An app's exit as a shell status: signals as 128+n, unknown as 1."""
