@@ -118,8 +118,18 @@ def call(method: Any, *args: Any, timeout: float | None = DEFAULT_TIMEOUT,
          group: str | None = None) -> Any:
     """``method(*args)`` on its actor (in concurrency group ``group``), waited for."""
     if group is not None:
-        method = method.options(concurrency_group=group)
+        method = in_group(method, group)
     return get(method.remote(*args), timeout)
+
+
+def in_group(method: Any, group: str) -> Any:
+    """``method`` bound to its actor's concurrency group ``group``, to call later."""
+    return method.options(concurrency_group=group)
+
+
+def with_options(actor_class: Any, options: dict[str, Any]) -> Any:
+    """``actor_class`` (made by ``remote``) with ``options``, to create with ``.remote``."""
+    return actor_class.options(**options)
 
 
 def submit(method: Any, *args: Any) -> Any:
@@ -134,7 +144,7 @@ def tell(method: Any, *args: Any) -> None:
 
 def create(actor_class: Any, options: dict[str, Any], *args: Any) -> Any:
     """A new actor of ``actor_class`` (made by ``remote``) with ``options``."""
-    return actor_class.options(**options).remote(*args)
+    return with_options(actor_class, options).remote(*args)
 
 
 def get_actor(name: str) -> Any:
@@ -218,7 +228,7 @@ class SyncProxy:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._handle, name)
         if self._group is not None:
-            method = method.options(concurrency_group=self._group)
+            method = in_group(method, self._group)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if self._retry_for > 0 and not kwargs:

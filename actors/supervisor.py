@@ -53,7 +53,7 @@ class RayKernelPort:
         self.vfs = vfs
         self.actor_name = actor_name
         self.retry_for = retry_for
-        self._blocking = kernel.call.options(concurrency_group=BLOCKING)
+        self._blocking = ray_api.in_group(kernel.call, BLOCKING)
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
         """Forward one call. While the actor serving it is dead or restarting, an
@@ -224,7 +224,7 @@ class _DetachedNamed:
 
     def options(self, **opts: Any) -> Any:
         name = f"{self.prefix}{secrets.token_hex(6)}"
-        return self._cls.options(**{**opts, "name": name, "lifetime": "detached"})
+        return ray_api.with_options(self._cls, {**opts, "name": name, "lifetime": "detached"})
 
     def remote(self, *args: Any) -> Any:
         return ray_api.create(self, {}, *args)
