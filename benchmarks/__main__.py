@@ -4,6 +4,7 @@
     python -m benchmarks native wasm    # some: see MODULES (native ... operator nodeloss)
     python -m benchmarks --json out.json
     ESTARTER_BENCH_300=1 python -m benchmarks cluster   # also the 300-app memory run
+    ESTARTER_BENCH_HUNDREDS=1 python -m benchmarks hundreds  # 300 apps on 3 nodes
 
 A module may list the figures it reports in ``FIGURES`` (name prefixes): any of them
 it did not report (it failed, or the machine could not give a number) is printed as
@@ -21,7 +22,7 @@ import traceback
 from typing import Any
 
 MODULES = ["native", "fs", "fairness", "wasm", "limits", "cluster", "operator",
-           "nodeloss"]
+           "nodeloss", "hundreds"]
 
 
 def main(argv: list[str] | None = None) -> int:
