@@ -198,6 +198,18 @@ def alive_nodes() -> list[dict[str, Any]]:
             for n in ray.nodes() if n.get("Alive")]
 
 
+def nodes() -> list[dict[str, Any]]:
+    """Every node Ray knows, dead ones too, as {"id", "name", "alive"}."""
+    return [{"id": n["NodeID"], "name": str(n.get("NodeName", "")), "alive": bool(n.get("Alive"))}
+            for n in ray.nodes()]
+
+
+def run_on(node: str, fn: Any, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """``fn(*args)`` as a task on ``node`` (a node id, hard affinity, no CPU asked)."""
+    task = ray.remote(num_cpus=0)(fn).options(scheduling_strategy=node_affinity(node))
+    return get(task.remote(*args), timeout=timeout)
+
+
 def available_resources() -> dict[str, float]:
     """Free resources summed over the cluster."""
     return {k: float(v) for k, v in ray.available_resources().items()}

@@ -28,7 +28,9 @@ from typing import Any
 
 from estarter import placement
 from estarter.errors import EstarterError, LaunchError, Unschedulable
+from estarter.hosting.applog import tail_file
 from estarter.hosting.base import ExitReason, lost
+from estarter.paths import log_file
 from estarter.placement import NodeView, ResourceRequest
 from estarter.policy import SandboxPolicy
 
@@ -190,6 +192,22 @@ class RaySpawner:
                                 {"appId": policy.app_id, "request": req.ray_resources(),
                                  "pending": False})
         return req
+
+    # -- logs ------------------------------------------------------------------
+
+    def read_log(self, node_id: str, app_id: str, lines: int = 100) -> dict[str, Any]:
+        """The tail of the app's log file on ``node_id`` (where its last run wrote it,
+        without shared storage), or on a live node of the same name: a node that comes
+        back has a new id but its name (its address, unless set) and, if its disk
+        survived, the file. ``lost`` when neither is up."""
+        known = ray_api.nodes()
+        name = next((n["name"] for n in known if n["id"] == node_id), "")
+        live = [n["id"] for n in known if n["alive"] and n["id"] == node_id]
+        live += [n["id"] for n in known if n["alive"] and name and n["name"] == name]
+        if not live:
+            return {"lost": True, "node": name, "nodeId": node_id, "lines": []}
+        tail = ray_api.run_on(live[0], _log_tail, str(self.home), app_id, lines, timeout=60)
+        return {"lost": False, "node": name, "nodeId": live[0], "lines": list(tail)}
 
     # -- spawning --------------------------------------------------------------
 
@@ -386,3 +404,8 @@ def _options(req: ResourceRequest) -> dict[str, Any]:
     if req.node_id is not None:
         opts["scheduling_strategy"] = ray_api.node_affinity(req.node_id)
     return opts
+
+
+def _log_tail(home: str, app_id: str, lines: int) -> list[str]:
+    """Runs on the log's node (``read_log``)."""
+    return tail_file(log_file(Path(home), app_id), lines)

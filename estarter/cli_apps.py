@@ -401,9 +401,10 @@ def logs(app_id: Annotated[str | None, typer.Argument(
 def _show_supervisor_log(root: Path, app_id: str, count: int | None, cutoff: float | None,
                          follow: bool, show: Callable[[Any], None]) -> bool:
     """Show the log of a running app as its supervisor reads it on its node (and with
-    ``follow``, poll it for new lines until Ctrl-C or the app ends), over the kernel
-    socket (no Ray driver). False, showing nothing, when the socket does not answer
-    or the app does not run: the files then."""
+    ``follow``, poll it for new lines until Ctrl-C or the app ends), or of a run that
+    ended on another node, read there, over the kernel socket (no Ray driver). False,
+    showing nothing, when the socket does not answer or the log is this node's file:
+    the files then. That node gone: one line saying so, exit 2."""
     from . import logs as applogs
     from .operator_client import reach
 
@@ -414,7 +415,9 @@ def _show_supervisor_log(root: Path, app_id: str, count: int | None, cutoff: flo
     shown = False
     try:
         got = op.logs(app_id, want)
-        if got.get("source") != "supervisor":
+        if got.get("source") == "lost":  # the last run's node is gone: say so, not the
+            raise fail(str(got.get("note")))  # file here, another one under its name
+        if got.get("source") not in ("supervisor", "node"):  # "node": an ended run's
             return False
         seen = list(got["lines"])
         for raw in seen:

@@ -207,7 +207,8 @@ class Runtime:
     def logs(self, app_id: str, lines: int = 100) -> builtins.list[str]:
         """The last ``lines`` lines of the app's log file (timestamped), read where it
         is written: by the app's supervisor on its node while it runs, whichever node
-        that is; else this node's file (``Kernel.app_log``)."""
+        that is; after a run on another node without shared storage, on that node (none
+        if it is gone: ``Kernel.app_log`` says so in its ``note``); else this node's file."""
         self._check()
         return list(self.kernel.app_log(app_id, lines)["lines"])
 

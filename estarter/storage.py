@@ -72,3 +72,19 @@ def zone_storage(storage: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"shared": False, "vfsNode": storage.get("vfsNode"),
             "directMounts": f"only on the VFS actor's node; elsewhere apps use fs.* "
                             f"({SHARED_STORAGE_ENV} unset)"}
+
+
+def log_elsewhere(storage: Mapping[str, Any] | None, node_id: str | None) -> bool:
+    """Whether a run on ``node_id`` wrote its log where the kernel's node cannot read
+    it: another node than the kernel's (the VFS actor's), storage not shared."""
+    if storage is None or storage.get("shared") or not node_id:
+        return False
+    vfs_node = str(storage.get("vfsNode") or "")
+    return bool(vfs_node) and node_id != vfs_node
+
+
+def lost_log_note(app_id: str, node: str, node_id: str) -> str:
+    """What ``estarter logs`` says when the node of an app's last run is gone."""
+    return (f"the last run's log of {app_id} was on node {node or '?'} ({node_id[:12]}), "
+            f"which is not reachable (lost): readable again if that node comes back with "
+            f"its files ({SHARED_STORAGE_ENV}=1 keeps logs on shared storage)")

@@ -27,6 +27,7 @@ from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..paths import kernel_db, log_file
 from ..policy import SandboxPolicy
 from ..state import AppRecords
+from ..storage import log_elsewhere, lost_log_note
 from ..store import pin_folder, unpin_folder
 from . import processes, recovery, services
 from .events import EventLog
@@ -82,6 +83,7 @@ class AppRecord:
         self.exit: ExitInfo | None = None
         self.pid: int | None = None
         self.node: str | None = None
+        self.node_id: str | None = None  # Ray's id of the node it runs on (cluster only)
         self.node_relaunches = 0  # runs started again after their node or supervisor was lost
         self.final_metrics: dict[str, Any] | None = None  # the run's counters at its end
         self.done = threading.Event()
@@ -191,6 +193,7 @@ class Kernel:
             rec.state = HostState.RUNNING
             rec.pid = info.get("pid")
             rec.node = info.get("node", rec.node)
+            rec.node_id = info.get("nodeId", rec.node_id)
         if self.records is not None and "actorName" in info:
             self.records.supervised(app_id, run_id, info["actorName"])
         self.lifecycle.seed(app_id)
@@ -350,9 +353,11 @@ class Kernel:
 
     def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]:
         """The last ``lines`` lines of the app's log, read where it is written: by its
-        supervisor, on its node, while it runs (any node, shared storage or not); else
-        this node's file (the app's node's too with shared storage). ``source`` says which;
-        ``node`` is where the lines were read."""
+        supervisor, on its node, while it runs (any node, shared storage or not); after
+        a run on another node without shared storage, on that node (``source`` "node"),
+        or, that node gone, no lines and a ``note`` saying so (``source`` "lost");
+        else this node's file (the app's node's too with shared storage). ``source``
+        says which; ``node`` is where the lines were read."""
         with self._lock:
             rec = self._apps.get(app_id)
         port = rec.supervisor if rec is not None and rec.exit is None else None
@@ -364,10 +369,33 @@ class Kernel:
                         "node": got.get("node"), "nodeId": got.get("nodeId"),
                         "lines": list(got.get("lines", []))}
             except EstarterError:
-                pass  # the supervisor went away: what this node has
+                pass  # the supervisor went away: what its node has
+        node_id = rec.node_id if rec is not None else None
+        remote = getattr(self.spawner, "read_log", None)  # Ray's spawner only
+        if (remote is not None and node_id
+                and log_elsewhere(getattr(self.spawner, "storage", None), node_id)):
+            return self._remote_log(remote, app_id, node_id, lines)
         tail = tail_file(log_file(self.home, app_id), lines)
         return {"appId": app_id, "source": "file", "node": self.node, "nodeId": None,
                 "lines": tail}
+
+    @staticmethod
+    def _remote_log(remote: Callable[..., Any], app_id: str, node_id: str,
+                    lines: int) -> dict[str, Any]:
+        """The log of a run that ended on another node, read there; this node's file of
+        the same name is another file, never shown in its place."""
+        try:
+            got = dict(remote(node_id, app_id, lines))
+        except EstarterError as exc:
+            return {"appId": app_id, "source": "lost", "node": None, "nodeId": node_id,
+                    "lines": [], "note": f"the last run's log of {app_id} is on node "
+                                         f"{node_id[:12]}, which did not answer: {exc.message}"}
+        if got.get("lost"):
+            return {"appId": app_id, "source": "lost", "node": got.get("node"),
+                    "nodeId": node_id, "lines": [],
+                    "note": lost_log_note(app_id, str(got.get("node") or ""), node_id)}
+        return {"appId": app_id, "source": "node", "node": got.get("node"),
+                "nodeId": got.get("nodeId"), "lines": list(got.get("lines", []))}
 
     def restart(self, app_id: str, grace: float = 5.0) -> dict[str, Any]:
         """Stop the app if it runs, then launch what was launched last time."""
@@ -418,6 +446,7 @@ class Kernel:
         rec.state = HostState.RUNNING
         rec.pid = info.get("pid")
         rec.node = info.get("node")
+        rec.node_id = info.get("nodeId")
         rec.pin = self._pin(policy.app_dir)
         with self._lock:
             self._apps[app_id] = rec

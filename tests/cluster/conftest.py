@@ -6,7 +6,8 @@ the cluster tests run first (``pytest_collection_modifyitems``) and the cluster 
 torn down when its module ends, before any integration test starts its own Ray.
 
 Nodes (CPU, app slots): head (1, 4), w1 (2, 4), w2 (2, 4); each declares 4 GiB of
-Ray ``memory``. Health checks are fast (a killed node is declared dead in about 2 s)
+Ray ``memory``; each is named (Ray's node name: its address by default, the same
+for all nodes here). Health checks are fast (a killed node is declared dead in about 2 s)
 and a launch pending for capacity is refused after 3 s.
 """
 
@@ -53,6 +54,13 @@ class SimCluster:
     def name_of(self, node_id: str) -> str:
         return next(n for n, node in self.nodes.items() if node.node_id == node_id)
 
+    def add(self, name: str) -> Any:
+        """Start worker node ``name`` (again, after ``kill``: a new node id, the same
+        name, as a machine that comes back)."""
+        self.nodes[name] = self.cluster.add_node(num_cpus=2, memory=NODE_MEMORY,
+                                                 resources={APP_SLOT: 4}, node_name=name)
+        return self.nodes[name]
+
     def kill(self, name: str) -> None:
         """SIGKILL every process of a worker node (a crash, not a drain)."""
         self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
@@ -69,12 +77,11 @@ def sim_cluster() -> Iterator[SimCluster]:
     os.environ.update(CLUSTER_ENV)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "memory": NODE_MEMORY, "resources": {APP_SLOT: 4},
-        "include_dashboard": False, "_system_config": FAST_HEALTH})
+        "include_dashboard": False, "_system_config": FAST_HEALTH, "node_name": "head"})
     sim = SimCluster(cluster, {"head": cluster.head_node})
     try:
         for name in ("w1", "w2"):
-            sim.nodes[name] = cluster.add_node(num_cpus=2, memory=NODE_MEMORY,
-                                               resources={APP_SLOT: 4})
+            sim.add(name)
         cluster.wait_for_nodes(timeout=60)
         ray.init(address=cluster.address, namespace="estarter", log_to_driver=False,
                  configure_logging=False)

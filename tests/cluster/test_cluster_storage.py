@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from estarter.hosting.base import ExitReason
 from estarter.runtime import Runtime
 from estarter.storage import SHARED_STORAGE_ENV
 from tests.apps import reports, wait_until, write_app
@@ -172,4 +173,31 @@ def test_logs_of_an_app_on_a_worker_read_from_the_head(
 
     rt.stop("chatty")
     after = rt.kernel.app_log("chatty", 200)
-    assert after["source"] == "file"  # ended: this node's file (shared here)
+    # Ended: read on w2, where it ran (storage not shared: the head's file of that
+    # name is another file on a real cluster).
+    assert (after["source"], after["nodeId"]) == ("node", w2)
+    assert sum("stdout hello from a worker" in line for line in after["lines"]) == 3
+
+
+def test_logs_of_a_lost_node_said_lost_then_read_when_it_comes_back(
+        local_rt: Runtime, sim_cluster: SimCluster, tmp_path: Path) -> None:
+    """Last in the module: it kills w2 (and starts it again)."""
+    rt = local_rt
+    rt.launch(write_app(tmp_path, "diary", CHATTY, restart="never"),
+              node=sim_cluster.node_id("w2"))
+    assert wait_until(lambda: reports(rt, "diary"), 120)
+    assert wait_until(lambda: sum("hello from a worker" in line
+                                  for line in rt.logs("diary", 200)) == 3, 120)
+
+    sim_cluster.kill("w2")
+    ended = rt.wait("diary", timeout=120)
+    assert ended is not None and ended.reason is ExitReason.NODE_LOST
+    lost = rt.kernel.app_log("diary", 200)
+    assert (lost["source"], lost["lines"]) == ("lost", [])
+    assert "node w2" in lost["note"] and "not reachable" in lost["note"]
+
+    back = sim_cluster.add("w2")  # the machine comes back, its disk with it
+    sim_cluster.cluster.wait_for_nodes(timeout=120)
+    again = rt.kernel.app_log("diary", 200)
+    assert (again["source"], again["nodeId"]) == ("node", str(back.node_id))
+    assert sum("stdout hello from a worker" in line for line in again["lines"]) == 3
