@@ -13,7 +13,10 @@ that announces a huge message costs us nothing but the header.
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (app start-up time)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_HEADER = 8 * 1024

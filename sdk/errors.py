@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+
+TYPE_CHECKING = False  # typing is not imported at run time (app start-up time)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 class ApiError(Exception):

@@ -7,10 +7,12 @@ Errors are the ``ApiError`` subclasses ``client.call`` raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (app start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-Call = Callable[..., Any]
+    Call = Callable[..., Any]
 
 
 class _Api:

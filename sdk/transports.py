@@ -8,12 +8,10 @@ A transport moves whole JSON-RPC messages: ``send(obj)`` (thread-safe),
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import sys
 import threading
-from typing import Any, Protocol
 
 from sdk._wire import FrameDecoder, encode_frame
 from sdk.errors import ApiError, ConnectionClosedError
@@ -22,12 +20,21 @@ _CHUNK = 64 * 1024
 _LINE = 8192  # bytes of one forwarded stdout line; longer ones are cut (the host cuts too)
 
 
-class Transport(Protocol):
-    def send(self, obj: Any) -> None: ...
+# typing (and contextlib) are not imported at run time: every app start pays for
+# each import of the SDK (typing alone was ~10 ms on a loaded host).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-    def recv(self) -> Any | None: ...
+    class Transport(Protocol):
+        def send(self, obj: Any) -> None: ...
 
-    def close(self) -> None: ...
+        def recv(self) -> Any | None: ...
+
+        def close(self) -> None: ...
+else:
+    class Transport:
+        """What a transport provides: ``send(obj)``, ``recv() -> obj | None``, ``close()``."""
 
 
 class _FramedTransport:
@@ -136,11 +143,13 @@ class StdioTransport(_FramedTransport):
                                            name="estarter-stdout", daemon=True)
         self._forwarder.start()
         if sys.stdout is not None:
-            with contextlib.suppress(Exception):
+            try:
                 sys.stdout.flush()  # what was printed before connecting: now fd 1, the pipe
                 reconfigure = getattr(sys.stdout, "reconfigure", None)
                 if reconfigure is not None:
                     reconfigure(line_buffering=True)
+            except Exception:
+                pass
         atexit.register(self._drain_stdout)
 
     def _forward_stdout(self, fd: int) -> None:
@@ -173,8 +182,10 @@ class StdioTransport(_FramedTransport):
             self.send({"jsonrpc": "2.0", "method": "log",
                        "params": {"level": "info", "message": text, "stream": "stdout"}})
         except ConnectionClosedError:
-            with contextlib.suppress(OSError):
+            try:
                 os.write(2, line + b"\n")
+            except OSError:
+                pass
 
     def _drain_stdout(self) -> None:
         """Forward what was printed so far: end the pipe (fd 1 goes to stderr from
@@ -182,11 +193,15 @@ class StdioTransport(_FramedTransport):
         forwarder, self._forwarder = self._forwarder, None
         if forwarder is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             if sys.stdout is not None:
                 sys.stdout.flush()
-        with contextlib.suppress(OSError):
+        except Exception:
+            pass
+        try:
             os.dup2(2, 1)
+        except OSError:
+            pass
         forwarder.join(self.DRAIN_SECONDS)
 
     def _read(self) -> bytes:
@@ -209,8 +224,10 @@ class StdioTransport(_FramedTransport):
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(OSError):
+            try:
                 os.close(self._out)
+            except OSError:
+                pass
 
 
 def default_socket_path() -> str:
@@ -289,8 +306,10 @@ class SocketTransport(_FramedTransport):
             if self._closed:
                 return
             self._closed = True
-        with contextlib.suppress(OSError):
+        try:
             self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
 
 
