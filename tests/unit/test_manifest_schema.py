@@ -137,7 +137,11 @@ def test_shell_completion_is_on(tmp_path: Path) -> None:
            "COMP_WORDS": "estarter permissions gr", "COMP_CWORD": "2"}
     done = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["grant"]
-    env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    # Without typer's switch, --install-completion takes no value and guesses the shell
+    # from this process's ancestors (shellingham), which fails when pytest was not
+    # started from a shell; with it, the option takes the shell's name, as given here.
+    env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash",
+           "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     done = subprocess.run([str(exe), "--install-completion", "bash"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
