@@ -216,14 +216,26 @@ def _apps(rt: Any, root: Path, names: dict[str, str], out: dict[str, Any]) -> No
         time.sleep(2.0)  # settle, as for the idle actors
         per_node: dict[str, int] = {}
         sup_uss, app_uss = [], []
+        unread: list[str] = []
         for app_id in up:
-            host = rt.info(app_id)["host"]
+            # Under load an info call may time out, or the supervisor's part of it
+            # fail (host = {"error": ...}): that app is left out of the figures, said.
+            try:
+                host = rt.info(app_id)["host"]
+                sup = psutil.Process(int(host["pid"])).ppid()
+            except (EstarterError, KeyError, TypeError, ValueError, psutil.Error) as exc:
+                unread.append(f"{app_id}: {exc!r}")
+                continue
             node = names.get(str(host.get("nodeId")), str(host.get("nodeId")))
             per_node[node] = per_node.get(node, 0) + 1
-            sup_uss.append(_uss(psutil.Process(host["pid"]).ppid()))
-            app_uss.append(_tree_uss(host["pid"]))
+            sup_uss.append(_uss(sup))
+            app_uss.append(_tree_uss(int(host["pid"])))
+        if unread:
+            print(f"hundreds: {len(unread)} apps not measured, e.g. {unread[0]}", flush=True)
+        if not sup_uss:
+            raise RuntimeError(f"no app could be measured: {unread[:1]}")
         out["per_node"] = per_node
-        out["memory"] = (sum(sup_uss) + sum(app_uss)) / n
+        out["memory"] = (sum(sup_uss) + sum(app_uss)) / len(sup_uss)
         out["sup_uss"] = statistics.median(sup_uss)
         out["app_uss"] = statistics.median(app_uss)
         # The window: all apps start together, a few seconds from now.
@@ -342,6 +354,18 @@ def _report(report: Report, ours: dict[str, Any], base: dict[str, Any],
             unmeasured("hundreds: kernel API p99", None, "the raw Ray baseline made no call")
 
 
+def _print_apps(ours: dict[str, Any]) -> None:
+    lat = ours.get("calls") or []
+    print(f"hundreds: {ours.get('n')} apps up in {ours.get('launch', float('nan')):.1f} s "
+          f"(load {ours.get('load_launch')}), memory per app "
+          f"{ours.get('memory', 0) / MIB:.1f} MiB (median supervisor "
+          f"{ours.get('sup_uss', 0) / MIB:.1f}, app {ours.get('app_uss', 0) / MIB:.1f}); "
+          f"{len(lat) / WINDOW:.1f} calls/s, p50 "
+          f"{statistics.median(lat) if lat else float('nan'):.1f} ms, p99 "
+          f"{_p99(lat) if lat else float('nan'):.1f} ms (load {ours.get('load_calls')})",
+          flush=True)
+
+
 def run(report: Report) -> None:
     unmeasured = getattr(report, "unmeasured", lambda *a: None)
     if not os.environ.get(OPT_IN):
@@ -394,6 +418,7 @@ def run(report: Report) -> None:
                 rt.shutdown()
         print(f"hundreds: apps {ours.get('per_node')}, stop all {ours.get('stop', 0):.1f} s, "
               f"load {_load()}", flush=True)
+        _print_apps(ours)  # before the baseline: a run cut short still shows them
         time.sleep(5.0)  # the supervisors' workers exit before the baseline starts
         try:
             _baseline(head_id, ours.get("n") or APPS, base)
