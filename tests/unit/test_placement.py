@@ -105,7 +105,7 @@ def test_resolve_node_by_id_prefix_or_unique_address() -> None:
 
 
 def test_slots_per_node_from_memory_or_env() -> None:
-    assert slots_for_node(24 * GIB, env={}) == 384
+    assert slots_for_node(24 * GIB, env={}) == 256  # 96 MiB an app
     assert slots_for_node(128 * MIB, env={}) == 8  # at least MIN_SLOTS
     assert slots_for_node(1024 * GIB, env={}) == 1024  # at most MAX_SLOTS
     assert slots_for_node(24 * GIB, env={"ESTARTER_APP_SLOTS": "12"}) == 12
