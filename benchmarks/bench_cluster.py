@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
+from benchmarks.common import tree_uss, uss
 
 Report = Callable[[str, float, float, "float | None", str], None]
 MIB = 1024 * 1024
@@ -85,21 +86,6 @@ client.ui.notify("calls", json.dumps(n))
 """
 
 
-def _uss(pid: int) -> int:
-    try:
-        return int(psutil.Process(pid).memory_full_info().uss)
-    except psutil.Error:
-        return 0
-
-
-def _tree_uss(pid: int) -> int:
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return 0
-    return sum(_uss(p.pid) for p in procs)
-
-
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -137,7 +123,7 @@ def _idle_actors(n: int) -> tuple[float, list[int]]:
     pids = ray.get([a.pid.remote() for a in actors], timeout=600)
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # let the workers settle after start-up, as for the apps
-    uss = [_uss(p) for p in pids]
+    uss = [uss(p) for p in pids]
     for a in actors:
         ray.kill(a)
     return elapsed, [u for u in uss if u]
@@ -213,8 +199,8 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
         info = rt.info(app_id)
         host = info["host"]
         pid = host["pid"]
-        sup_uss.append(_uss(psutil.Process(pid).ppid()))
-        app_uss.append(_tree_uss(pid))
+        sup_uss.append(uss(psutil.Process(pid).ppid()))
+        app_uss.append(tree_uss(pid))
         try:
             first_line, answered = json.loads(ups[app_id])
             began, returned = called[app_id]
@@ -260,7 +246,7 @@ def _idle_runtime(ray_alone: tuple[int, int], report: Report) -> None:
     """Processes and USS of the driver's tree with an idle runtime vs Ray alone."""
     time.sleep(2.0)  # the runtime's actors settle
     pids = _session_processes()
-    uss = sum(_uss(p) for p in pids)
+    uss = sum(uss(p) for p in pids)
     report(f"idle runtime (up, no apps): {len(pids)} processes vs {ray_alone[0]} of Ray "
            f"alone, USS", uss / MIB, ray_alone[1] / MIB, None, "MiB")
 
@@ -306,7 +292,7 @@ def run(report: Report) -> None:
     ray_api.init()  # embedded local Ray with app slots, unless one is up already
     time.sleep(2.0)
     ray_pids = _session_processes()
-    ray_alone = (len(ray_pids), sum(_uss(p) for p in ray_pids))
+    ray_alone = (len(ray_pids), sum(uss(p) for p in ray_pids))
     failed: list[BaseException] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -54,6 +54,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
+from benchmarks.common import end_simulated_cluster, tree_uss, uss
 from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
@@ -102,21 +103,6 @@ time.sleep(3600)
 
 class LowMemory(RuntimeError):
     pass
-
-
-def _uss(pid: int) -> int:
-    try:
-        return int(psutil.Process(pid).memory_full_info().uss)
-    except psutil.Error:
-        return 0
-
-
-def _tree_uss(pid: int) -> int:
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return 0
-    return sum(_uss(p.pid) for p in procs)
 
 
 def _p99(samples: list[float]) -> float:
@@ -228,8 +214,8 @@ def _apps(rt: Any, root: Path, names: dict[str, str], out: dict[str, Any]) -> No
                 continue
             node = names.get(str(host.get("nodeId")), str(host.get("nodeId")))
             per_node[node] = per_node.get(node, 0) + 1
-            sup_uss.append(_uss(sup))
-            app_uss.append(_tree_uss(int(host["pid"])))
+            sup_uss.append(uss(sup))
+            app_uss.append(tree_uss(int(host["pid"])))
         if unread:
             print(f"hundreds: {len(unread)} apps not measured, e.g. {unread[0]}", flush=True)
         if not sup_uss:
@@ -306,7 +292,7 @@ def _baseline(head_id: str, n: int, out: dict[str, Any]) -> None:
         pids = ray.get([a.pid.remote() for a in actors], timeout=600 + 3 * n)
         out["launch"] = time.monotonic() - t0
         time.sleep(2.0)
-        uss = [u for u in (_uss(p) for p in pids) if u]
+        uss = [u for u in (uss(p) for p in pids) if u]
         out["memory"] = statistics.mean(uss) if uss else 0.0
         start = time.time() + 5.0
         lats = ray.get([a.run.remote(echo, start, start + WINDOW, 1.0 / RATE)
@@ -427,19 +413,7 @@ def run(report: Report) -> None:
             failed.append(exc)
     finally:
         stop_watch.set()
-        ray.shutdown()
-        cluster.shutdown()
-        try:
-            from ray._private.utils import reset_ray_address  # type: ignore[attr-defined]
-
-            reset_ray_address()
-        except (ImportError, OSError):
-            pass
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        end_simulated_cluster(cluster, saved)
     print(f"hundreds: lowest free memory {lowest[0] / 1024**3:.1f} GiB, load {_load()}",
           flush=True)
     _report(report, ours, base, slots)

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import end_simulated_cluster
+
 Report = Callable[[str, float, float, "float | None", str], None]
 APPS = 4
 GOAL_SECONDS = 10.0
@@ -136,19 +138,7 @@ def trial() -> tuple[float, float, float]:
             raise RuntimeError("Ray never declared the node dead")
         return dead_at[0] - t0, known, answered
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        try:
-            from ray._private.utils import reset_ray_address  # type: ignore[attr-defined]
-
-            reset_ray_address()
-        except (ImportError, OSError):
-            pass
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        end_simulated_cluster(cluster, saved)
 
 
 def run(report: Report) -> None:
