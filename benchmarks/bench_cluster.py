@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import tree_uss, uss
+from benchmarks.common import tree_uss, uss, wait_until
 
 Report = Callable[[str, float, float, "float | None", str], None]
 MIB = 1024 * 1024
@@ -87,11 +87,7 @@ client.ui.notify("calls", json.dumps(n))
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.1)
+    wait_until(predicate, timeout, what, 0.1)
 
 
 def _count(rt: Any, title: str) -> int:

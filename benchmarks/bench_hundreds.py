@@ -54,7 +54,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import end_simulated_cluster, tree_uss, uss
+from benchmarks.common import end_simulated_cluster, tree_uss, uss, wait_until
 from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
@@ -111,11 +111,7 @@ def _p99(samples: list[float]) -> float:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.5)
+    wait_until(predicate, timeout, what, 0.5)
 
 
 def _check_memory() -> None:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import end_simulated_cluster
+from benchmarks.common import end_simulated_cluster, wait_until
 
 Report = Callable[[str, float, float, "float | None", str], None]
 APPS = 4
@@ -71,11 +71,7 @@ def _ups(rt: Any) -> dict[str, int]:
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str,
           interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
+    wait_until(predicate, timeout, what, interval)
 
 
 def trial() -> tuple[float, float, float]:

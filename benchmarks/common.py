@@ -4,6 +4,8 @@ Ray cluster so that the next module starts clean."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -44,3 +46,14 @@ def end_simulated_cluster(cluster: Any, saved_env: dict[str, str | None]) -> Non
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.1) -> None:
+    """Poll ``predicate`` every ``interval`` s; TimeoutError naming ``what`` after
+    ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(interval)
