@@ -7,6 +7,15 @@ from typing import Any
 from estarter.kernel.methods import BLOCKING_METHODS as BLOCKING_METHODS
 
 NAMESPACE = "estarter"
+
+# Ray runs its worker processes at nice 15 ("worker_niceness"), below every other
+# process on the node. estarter's workers are its control plane (kernel, permissions,
+# VFS, a supervisor per app) and the parents of the apps, not batch work: beside any
+# nice-0 load they got a few % of a core, and Runtime.start took 77-120 s beside
+# `stress-ng --cpu 2` (2 s on a quiet machine). Every Ray estarter starts (embedded,
+# `up`, cluster.yaml's head) runs them at nice 0, as the raylet; worker nodes take it
+# from the head's GCS. Apps keep their CPU limits (cgroups, RLIMIT_CPU) as before.
+RAY_SYSTEM_CONFIG: dict[str, Any] = {"worker_niceness": 0}
 KERNEL_NAME = "estarter-kernel"
 
 # The kernel answers apps' quick calls on its default group, one thread (the

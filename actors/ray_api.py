@@ -20,7 +20,7 @@ from estarter.errors import (
     Unavailable,
 )
 
-from .options import NAMESPACE
+from .options import NAMESPACE, RAY_SYSTEM_CONFIG
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -48,6 +48,7 @@ def init(address: str | None = None, resources: dict[str, float] | None = None) 
 
             resources = node_resources(psutil.virtual_memory().total)
         extra["resources"] = resources
+        extra["_system_config"] = RAY_SYSTEM_CONFIG
     try:
         ray.init(
             address=address or "local",

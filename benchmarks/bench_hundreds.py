@@ -357,6 +357,7 @@ def run(report: Report) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from actors.options import RAY_SYSTEM_CONFIG
     from estarter.placement import APP_SLOT
     from estarter.runtime import Runtime
 
@@ -376,7 +377,8 @@ def run(report: Report) -> None:
     print(f"hundreds: load {_load()} at start, {lowest[0] / 1024**3:.1f} GiB free, "
           f"slots {slots}", flush=True)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {APP_SLOT: slots["head"]}, "include_dashboard": False})
+        "num_cpus": 1, "resources": {APP_SLOT: slots["head"]}, "include_dashboard": False,
+        "_system_config": RAY_SYSTEM_CONFIG})
     ours: dict[str, Any] = {}
     base: dict[str, Any] = {}
     failed: list[BaseException] = []

@@ -184,10 +184,12 @@ def _result(rt: Any, app_id: str, title: str) -> str:
 def run(report: Report) -> None:
     import ray
 
+    from actors.options import RAY_SYSTEM_CONFIG
     from estarter.runtime import Runtime
 
     if not ray.is_initialized():
         ray.init(address="local", namespace="estarter", include_dashboard=False,
+                 _system_config=RAY_SYSTEM_CONFIG,
                  configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -81,6 +81,7 @@ def trial() -> tuple[float, float, float]:
     import ray
     from ray.cluster_utils import Cluster
 
+    from actors.options import RAY_SYSTEM_CONFIG
     from estarter.placement import APP_SLOT
     from estarter.runtime import Runtime
 
@@ -90,7 +91,7 @@ def trial() -> tuple[float, float, float]:
     os.environ.update(ENV)  # the nodes (and so the kernel actor) inherit them
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {APP_SLOT: 8}, "include_dashboard": False,
-        "_system_config": HEALTH})
+        "_system_config": {**RAY_SYSTEM_CONFIG, **HEALTH}})
     try:
         w1 = cluster.add_node(num_cpus=2, resources={APP_SLOT: 8})
         cluster.add_node(num_cpus=2, resources={APP_SLOT: 8})

@@ -264,6 +264,9 @@ def start_head(home: Path) -> RuntimeInfo:
             "--disable-usage-stats", f"--dashboard-agent-listen-port={agent}",
             f"--dashboard-agent-grpc-port={agent_grpc}", f"--ray-client-server-port={client}",
             f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}"]
+    from actors.options import RAY_SYSTEM_CONFIG  # plain data, no Ray import
+
+    argv.append(f"--system-config={json.dumps(RAY_SYSTEM_CONFIG)}")
     resources = _slot_resources()
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")

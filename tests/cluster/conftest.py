@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from actors.options import RAY_SYSTEM_CONFIG
 from estarter.placement import APP_SLOT
 
 CLUSTER_DIR = Path(__file__).resolve().parent
@@ -30,8 +31,10 @@ NODE_MEMORY = 4 * 1024**3
 # (the "slow to start" case waits four of them).
 CLUSTER_ENV = {"ESTARTER_PENDING_SECONDS": "15", "ESTARTER_NODE_DEATH_GRACE": "10",
                "ESTARTER_SUPERVISOR_POOL": "1"}
-FAST_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
-               "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
+# With estarter's own system config (its workers at nice 0, see actors.options).
+FAST_HEALTH = {**RAY_SYSTEM_CONFIG, "health_check_period_ms": 500,
+               "health_check_timeout_ms": 500, "health_check_failure_threshold": 3,
+               "health_check_initial_delay_ms": 0}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from actors.options import RAY_SYSTEM_CONFIG
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
                 "worker_setup_commands", "head_start_ray_commands",
@@ -88,12 +90,14 @@ def test_the_call_pattern_finds_paths_and_bare_names() -> None:
 
 
 def test_head_declares_fast_health_checks_and_shared_storage(config: dict[str, Any]) -> None:
-    """The README's settings for node loss and one view of files (issue 16)."""
+    """The README's settings for node loss and one view of files (issue 16), and
+    estarter's workers at nice 0 (actors.options.RAY_SYSTEM_CONFIG)."""
     head = " ".join(config["head_start_ray_commands"])
     start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     system = json.loads(re.search(r"--system-config='([^']*)'", start).group(1))  # type: ignore[union-attr]
-    assert system == {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
-                      "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
+    assert system == {**RAY_SYSTEM_CONFIG, "health_check_period_ms": 1000,
+                      "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3,
+                      "health_check_initial_delay_ms": 0}
     assert "ESTARTER_NODE_DEATH_GRACE=10" in start
     assert re.search(r"ESTARTER_SHARED_STORAGE=1\s+\S*estarter up", head)
     mounts = " ".join(config["worker_setup_commands"])

@@ -15,7 +15,10 @@ from estarter.runtime import Runtime
 def ray_session() -> Iterator[None]:
     import ray
 
+    from actors.options import RAY_SYSTEM_CONFIG
+
     ray.init(address="local", namespace="estarter", include_dashboard=False,
+             _system_config=RAY_SYSTEM_CONFIG,
              configure_logging=False, log_to_driver=False)
     try:
         yield

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from estarter.errors import EstarterError
@@ -79,6 +80,8 @@ def test_runtime_shows_its_actors_and_a_supervisor_per_app(runtime: Runtime,
             names = [a["name"] for a in actors if a["role"] != "supervisor"]
             assert names == ["estarter-kernel", "estarter-permissions", "estarter-vfs"]
             assert len({a["pid"] for a in actors}) == len(actors)  # each its own worker
+            # Not Ray's nice 15 (actors.options.RAY_SYSTEM_CONFIG).
+            assert {psutil.Process(a["pid"]).nice() for a in actors} == {0}
     finally:
         for app in apps:
             app.stop(grace=2.0)

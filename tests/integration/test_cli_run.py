@@ -41,6 +41,19 @@ def test_run_json_on_embedded_ray(tmp_path: Path) -> None:
     check_hello(estarter("run", str(SAMPLE), "--json", home=tmp_path / "home"))
 
 
+def test_embedded_ray_runs_supervisors_and_apps_at_nice_0(tmp_path: Path) -> None:
+    """Ray's default worker niceness (15) starved the kernel, the supervisors and the
+    apps beside any other load (actors.options.RAY_SYSTEM_CONFIG). The app inherits
+    its supervisor's niceness and exits with its own."""
+    app = tmp_path / "nice"
+    app.mkdir()
+    (app / "app.py").write_text("import os, sys; sys.exit(os.nice(0))\n")
+    (app / "manifest.json").write_text(json.dumps(
+        {"id": "nice", "runtime": "python", "entry": "app.py"}))
+    proc = estarter("run", str(app), "--json", home=tmp_path / "home")
+    assert (proc.returncode, events(proc.stdout)[-1]["reason"]) == (0, "exited"), proc.stderr
+
+
 @pytest.mark.parametrize("mode", [[], ["--local"]], ids=["ray", "local"])
 @pytest.mark.parametrize("sample", ["hello-wasm", "hello-wat"])
 def test_run_wasm_samples(tmp_path: Path, sample: str, mode: list[str]) -> None:
