@@ -98,7 +98,7 @@ class KernelShell(Kernel):
         """Which home this kernel serves and how many apps run (for reuse checks)."""
         assert isinstance(self.spawner, RaySpawner)
         return {"home": str(self.home), "running": len(self._running_ids()),
-                "pid": os.getpid(), "node": ray_api.node_id(),
+                "pid": os.getpid(), "node": ray_api.node_id(), "nice": ray_api.worker_nice(),
                 "storage": zone_storage(self.spawner.storage)}
 
 
@@ -174,7 +174,7 @@ def describe_runtime(home: Path) -> list[dict[str, Any]]:
         try:
             desc = ray_api.call(ray_api.get_actor(name).describe, timeout=30)
             row = {"name": name, "role": role, "node": desc.get("node"),
-                   "pid": desc.get("pid"), "alive": True}
+                   "pid": desc.get("pid"), "nice": desc.get("nice"), "alive": True}
             if "storage" in desc:
                 row["storage"] = desc["storage"]
             out.append(row)
@@ -189,7 +189,8 @@ def describe_runtime(home: Path) -> list[dict[str, Any]]:
                         "error": str(exc)})
             continue
         out.append({"name": name, "role": "supervisor", "node": desc.get("node"),
-                    "pid": desc.get("pid"), "appId": desc.get("appId"), "alive": True})
+                    "pid": desc.get("pid"), "nice": desc.get("nice"), "appId": desc.get("appId"),
+                    "alive": True})
     return out
 
 

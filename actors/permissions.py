@@ -36,7 +36,8 @@ class PermissionsShell(PermissionManager):
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"home": self.home, "pid": os.getpid(), "node": ray_api.node_id()}
+        return {"home": self.home, "pid": os.getpid(), "node": ray_api.node_id(),
+                "nice": ray_api.worker_nice()}
 
 
 PermissionsActor = ray_api.remote(PermissionsShell, PERMISSIONS_OPTIONS)

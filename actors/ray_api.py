@@ -180,6 +180,11 @@ def wait(refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
     return list(ready), list(rest)
 
 
+def worker_nice() -> int:
+    """This worker process's niceness (Ray's default is 15: see options.RAY_SYSTEM_CONFIG)."""
+    return os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+
 def node_ip() -> str:
     return str(ray.util.get_node_ip_address())
 

@@ -76,7 +76,8 @@ class VfsShell:
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"home": str(self.home), "pid": os.getpid(), "node": ray_api.node_id()}
+        return {"home": str(self.home), "pid": os.getpid(), "node": ray_api.node_id(),
+                "nice": ray_api.worker_nice()}
 
 
 VfsActor = ray_api.remote(VfsShell, VFS_OPTIONS)

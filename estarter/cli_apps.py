@@ -565,16 +565,30 @@ def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
             out.print(f"{mark:3} {cap['name']}: {cap['detail']}", markup=False)
         out.print(f"runtime: {'up at ' + str(runtime['address']) if runtime['up'] else 'not up'}",
                   markup=False)
-        for actor in runtime["actors"]:
-            what = f" ({actor['appId']})" if actor.get("appId") else ""
-            state = "" if actor.get("alive") else f" DOWN: {actor.get('error', '')}"
-            out.print(f"  {actor['role']:12} {actor['name']}{what} node {actor.get('node')} "
-                      f"pid {actor.get('pid')}{state}", markup=False)
-            if actor.get("storage"):  # the kernel's: where zones are mounted (storage.py)
-                out.print(f"  storage: zone mounts {actor['storage']['directMounts']}",
-                          markup=False)
+        for line in actor_lines(runtime["actors"]):
+            out.print(line, markup=False)
 
     emit(data, as_json, human)
+
+
+def actor_lines(actors: list[dict[str, Any]]) -> list[str]:
+    """``doctor``'s lines for the runtime's actors, and a warning when Ray runs them
+    below normal priority (a Ray started without estarter's system config)."""
+    lines = []
+    for actor in actors:
+        what = f" ({actor['appId']})" if actor.get("appId") else ""
+        state = "" if actor.get("alive") else f" DOWN: {actor.get('error', '')}"
+        nice = f" nice {actor['nice']}" if actor.get("nice") is not None else ""
+        lines.append(f"  {actor['role']:12} {actor['name']}{what} node {actor.get('node')} "
+                     f"pid {actor.get('pid')}{nice}{state}")
+        if actor.get("storage"):  # the kernel's: where zones are mounted (storage.py)
+            lines.append(f"  storage: zone mounts {actor['storage']['directMounts']}")
+    worst = max((a.get("nice") or 0 for a in actors), default=0)
+    if worst > 0:
+        lines.append(f"warning: Ray runs estarter's workers at nice {worst}: beside other "
+                     "load the kernel, supervisors and apps get little CPU; start Ray's head "
+                     "with --system-config '{\"worker_niceness\":0}' (up and cluster.yaml do)")
+    return lines
 
 
 def mount(app: typer.Typer) -> None:

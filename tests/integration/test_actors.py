@@ -82,6 +82,7 @@ def test_runtime_shows_its_actors_and_a_supervisor_per_app(runtime: Runtime,
             assert len({a["pid"] for a in actors}) == len(actors)  # each its own worker
             # Not Ray's nice 15 (actors.options.RAY_SYSTEM_CONFIG).
             assert {psutil.Process(a["pid"]).nice() for a in actors} == {0}
+            assert {a["nice"] for a in actors} == {0}  # as doctor shows it
     finally:
         for app in apps:
             app.stop(grace=2.0)

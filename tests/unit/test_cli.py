@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from estarter.cli import app
+from estarter.cli_apps import actor_lines
 from estarter.kernel.core import Kernel, kernel_db
 from estarter.kernel.permissions import PermissionManager
 from estarter.paths import log_file, state_db
@@ -135,6 +136,16 @@ def test_doctor_one_line_per_capability(tmp_path: Path) -> None:
     assert data["runtime"] == {"up": False, "address": None, "actors": []}
     human = run(tmp_path / "home", "doctor")
     assert len(human.stdout.splitlines()) == len(data["capabilities"]) + 1
+
+
+def test_doctor_warns_when_ray_runs_the_actors_below_normal_priority() -> None:
+    row = {"role": "kernel", "name": "estarter-kernel", "node": "n", "pid": 1,
+           "alive": True}
+    assert not any("warning" in line for line in actor_lines([{**row, "nice": 0}]))
+    lines = actor_lines([{**row, "nice": 0}, {**row, "role": "supervisor", "nice": 15}])
+    assert "nice 15" in lines[1]
+    assert lines[-1].startswith("warning: Ray runs estarter's workers at nice 15")
+    assert '{"worker_niceness":0}' in lines[-1]
 
 
 def test_down_without_runtime_is_a_no_op(tmp_path: Path) -> None:
