@@ -119,10 +119,10 @@ def _idle_actors(n: int) -> tuple[float, list[int]]:
     pids = ray.get([a.pid.remote() for a in actors], timeout=600)
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # let the workers settle after start-up, as for the apps
-    uss = [uss(p) for p in pids]
+    sizes = [uss(p) for p in pids]
     for a in actors:
         ray.kill(a)
-    return elapsed, [u for u in uss if u]
+    return elapsed, [u for u in sizes if u]
 
 
 def _raw_calls_per_second(n: int, shared: bool) -> float:
@@ -242,9 +242,9 @@ def _idle_runtime(ray_alone: tuple[int, int], report: Report) -> None:
     """Processes and USS of the driver's tree with an idle runtime vs Ray alone."""
     time.sleep(2.0)  # the runtime's actors settle
     pids = _session_processes()
-    uss = sum(uss(p) for p in pids)
+    total = sum(uss(p) for p in pids)
     report(f"idle runtime (up, no apps): {len(pids)} processes vs {ray_alone[0]} of Ray "
-           f"alone, USS", uss / MIB, ray_alone[1] / MIB, None, "MiB")
+           f"alone, USS", total / MIB, ray_alone[1] / MIB, None, "MiB")
 
 
 def _throughput(rt: Any, root: Path, report: Report) -> None:

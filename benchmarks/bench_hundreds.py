@@ -288,8 +288,8 @@ def _baseline(head_id: str, n: int, out: dict[str, Any]) -> None:
         pids = ray.get([a.pid.remote() for a in actors], timeout=600 + 3 * n)
         out["launch"] = time.monotonic() - t0
         time.sleep(2.0)
-        uss = [u for u in (uss(p) for p in pids) if u]
-        out["memory"] = statistics.mean(uss) if uss else 0.0
+        sizes = [u for u in (uss(p) for p in pids) if u]
+        out["memory"] = statistics.mean(sizes) if sizes else 0.0
         start = time.time() + 5.0
         lats = ray.get([a.run.remote(echo, start, start + WINDOW, 1.0 / RATE)
                         for a in actors], timeout=WINDOW + 180)
