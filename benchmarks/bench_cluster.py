@@ -257,7 +257,9 @@ def _throughput(rt: Any, root: Path, report: Report) -> None:
     for i in range(CALLERS):
         go = rt.home / "vfs" / "appdata" / f"pinger{i}" / "go"
         go.parent.mkdir(parents=True, exist_ok=True)
-        go.write_text(repr(start_at))
+        # Whole or absent: a caller polling for the file must never read it empty.
+        go.with_suffix(".tmp").write_text(repr(start_at))
+        go.with_suffix(".tmp").rename(go)
     _wait(lambda: _count(rt, "calls") >= CALLERS, 120, "callers reporting")
     total = sum(int(n["message"]) for n in rt.notifications(1000) if n["title"] == "calls")
     if total == 0:  # every caller started after its window (a loaded machine)
