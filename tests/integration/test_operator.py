@@ -139,18 +139,23 @@ def test_run_started_with_sigint_ignored_still_stops_the_app_through_its_handler
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
+        fd = proc.stdout.fileno()
         lines: list[dict] = []
+        rest = b""
         deadline = time.monotonic() + 180
         while not any(e.get("message") == "ready" for e in lines):
-            assert time.monotonic() < deadline, lines
-            ready, _, _ = select.select([proc.stdout], [], [], 5)
+            assert time.monotonic() < deadline, (lines, rest)
+            # os.read on the fd, not readline: a buffered reader may already hold the
+            # next line (two events in one write), which select() then never reports.
+            ready, _, _ = select.select([fd], [], [], 5)
             if ready:
-                line = proc.stdout.readline()
-                assert line, (lines, proc.stderr.read() if proc.stderr else "")
-                if line.startswith(b"{"):
-                    lines.append(json.loads(line))
+                chunk = os.read(fd, 65536)
+                assert chunk, (lines, proc.stderr.read() if proc.stderr else "")
+                *done, rest = (rest + chunk).split(b"\n")
+                lines += [json.loads(x) for x in done if x.startswith(b"{")]
         proc.send_signal(signal.SIGINT)  # run's own handler: stop the app (3 s grace)
         out, err = proc.communicate(timeout=60)
+        out = rest + out
     finally:
         if proc.poll() is None:
             proc.kill()
