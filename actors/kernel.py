@@ -11,7 +11,6 @@ per their restart policy.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,8 +97,7 @@ class KernelShell(Kernel):
         """Which home this kernel serves and how many apps run (for reuse checks)."""
         assert isinstance(self.spawner, RaySpawner)
         return {"home": str(self.home), "running": len(self._running_ids()),
-                "pid": os.getpid(), "node": ray_api.node_id(), "nice": ray_api.worker_nice(),
-                "storage": zone_storage(self.spawner.storage)}
+                **ray_api.whereabouts(), "storage": zone_storage(self.spawner.storage)}
 
 
 KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)

@@ -36,8 +36,7 @@ class PermissionsShell(PermissionManager):
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"home": self.home, "pid": os.getpid(), "node": ray_api.node_id(),
-                "nice": ray_api.worker_nice()}
+        return {"home": self.home, **ray_api.whereabouts()}
 
 
 PermissionsActor = ray_api.remote(PermissionsShell, PERMISSIONS_OPTIONS)

@@ -180,9 +180,11 @@ def wait(refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
     return list(ready), list(rest)
 
 
-def worker_nice() -> int:
-    """This worker process's niceness (Ray's default is 15: see options.RAY_SYSTEM_CONFIG)."""
-    return os.getpriority(os.PRIO_PROCESS, os.getpid())
+def whereabouts() -> dict[str, Any]:
+    """This worker's pid, node and niceness, for the actors' ``describe`` (Ray's
+    default niceness is 15: see options.RAY_SYSTEM_CONFIG)."""
+    return {"pid": os.getpid(), "node": node_id(),
+            "nice": os.getpriority(os.PRIO_PROCESS, os.getpid())}
 
 
 def node_ip() -> str:

@@ -179,7 +179,7 @@ class SupervisorShell:
 
     def describe(self) -> dict[str, Any]:
         """This actor: its worker's pid, its node and the app it runs (if any)."""
-        return {"pid": os.getpid(), "node": self.node_id, "nice": ray_api.worker_nice(),
+        return {**ray_api.whereabouts(),
                 "appId": self.sup.app_id if self.sup is not None else None}
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ disk, written atomically; quotas are asked again).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -76,8 +75,7 @@ class VfsShell:
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"home": str(self.home), "pid": os.getpid(), "node": ray_api.node_id(),
-                "nice": ray_api.worker_nice()}
+        return {"home": str(self.home), **ray_api.whereabouts()}
 
 
 VfsActor = ray_api.remote(VfsShell, VFS_OPTIONS)
