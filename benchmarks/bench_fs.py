@@ -95,15 +95,10 @@ def _app_median(rt: Any, folder: Path) -> float:
 
 
 def run(report: Report) -> None:
-    import ray
-
-    from actors.options import RAY_SYSTEM_CONFIG
+    from actors import ray_api
     from estarter.runtime import Runtime
 
-    if not ray.is_initialized():
-        ray.init(address="local", namespace="estarter", include_dashboard=False,
-                 _system_config=RAY_SYSTEM_CONFIG,
-                 configure_logging=False, log_to_driver=False)
+    ray_api.init()  # the embedded local Ray users get, unless one is up already
     with tempfile.TemporaryDirectory(prefix="estarter-bench-fs-") as tmp:
         root = Path(tmp)
         folder = root / "bench-fs"
