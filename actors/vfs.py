@@ -87,6 +87,12 @@ class RayVfsPort:
     def __init__(self, actor: Any, retry_for: float = RETRY_SECONDS) -> None:
         self.actor = actor
         self.retry_for = retry_for
+        # app id -> the quota the VFS actor last confirmed for it. A relaunch with
+        # the same quota skips the call (an actor hop on the launch path): a VFS
+        # actor restarted since has forgotten every quota and asks the kernel's
+        # (``quota_of``), which is this launch's.
+        self._set: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def handle(self, app_id: str, method: str, params: Any = None) -> Any:
         retry = self.retry_for if retry_on_restart(method, params) else 0.0
@@ -95,7 +101,13 @@ class RayVfsPort:
         return decode_reply(reply)
 
     def set_quota(self, app_id: str, quota_bytes: int) -> None:
+        with self._lock:
+            if self._set.get(app_id) == quota_bytes:
+                return
+            self._set.pop(app_id, None)  # unknown until this call is answered
         ray_api.call_retrying(self.actor.set_quota, (app_id, quota_bytes), self.retry_for)
+        with self._lock:
+            self._set[app_id] = quota_bytes
 
     def flush_audit(self) -> None:
         ray_api.call_retrying(self.actor.flush_audit, (), self.retry_for)

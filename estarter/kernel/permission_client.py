@@ -55,7 +55,14 @@ class PermissionClient(PermissionManager):
     # -- changes: the authority's -----------------------------------------------
 
     def register(self, app_id: str, requested: Iterable[str]) -> None:
-        self.authority.register(app_id, sorted(requested))
+        """Through the authority, unless its last commit already holds exactly this
+        set: a relaunch with the same manifest (the usual case) then costs a
+        snapshot read here instead of an actor call and a write transaction, with
+        the same outcome (register only replaces the requested set)."""
+        wanted = frozenset(requested)
+        if self.requested(app_id) == wanted:
+            return
+        self.authority.register(app_id, sorted(wanted))
 
     def grant(self, app_id: str, perms: Iterable[str], by: str = "operator") -> frozenset[str]:
         return frozenset(self.authority.grant(app_id, list(perms), by))

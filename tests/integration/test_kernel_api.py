@@ -401,6 +401,37 @@ def test_revocation_counts_on_the_next_call_and_grants_persist(runtime: Runtime,
         again.shutdown()
 
 
+QUOTA_WRITER = """
+def write_and_delete():
+    client.fs.write_bytes("/appdata/big.bin", b"x" * (3 * 1024 * 1024 // 2))
+    return client.fs.delete("/appdata/big.bin")  # the next run starts at 0 bytes used
+attempt("write", write_and_delete)
+"""
+
+
+def test_a_relaunch_gets_the_quota_and_the_requests_of_its_new_manifest(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """The kernel skips telling the permissions and VFS actors what they already
+    hold for an app; a changed manifest must still change both, either way."""
+    def run(quota_mb: int, permissions: list[str]) -> dict[str, Any]:
+        folder = write_app(tmp_path, "quota", QUOTA_WRITER, diskQuotaMb=quota_mb,
+                           permissions=permissions)
+        seen = len(reports(runtime, "quota"))
+        assert runtime.launch(folder, grants=["fs.write", "fs.delete"]).wait(60).reason \
+            is ExitReason.EXITED
+        return reports(runtime, "quota")[seen:][-1]
+
+    full = ["basic", "fs.write", "fs.delete"]
+    assert run(1, full)["code"] == -32003  # 1.5 MB over 1 MB
+    assert run(1, full)["code"] == -32003  # the same manifest again
+    bigger = run(3, full)
+    assert bigger["ok"] is True, bigger  # a larger quota counts at once
+    assert run(1, full)["code"] == -32003  # and a smaller one again
+    assert run(3, ["basic", "fs.delete"])["code"] == -32001  # fs.write no longer requested
+    last = run(3, full)
+    assert last["ok"] is True, last
+
+
 OUTSIDE = """
 import os, sys
 sys.path.insert(0, {repo!r})

@@ -136,6 +136,34 @@ def test_permission_client_changes_through_the_authority_and_checks_its_commits(
         authority.close()
 
 
+def test_permission_client_registers_through_the_authority_only_what_changed(
+        tmp_path: Path) -> None:
+    db = state_db(tmp_path)
+    authority = Authority(db)
+    calls: list[list[str]] = []
+    register = authority.register
+
+    def counted(app_id: str, requested: Any) -> None:
+        calls.append(list(requested))
+        register(app_id, requested)
+
+    authority.register = counted  # type: ignore[method-assign]
+    client = PermissionClient(db, authority)
+    try:
+        client.register(APP, ["fs.read", "fs.write"])
+        client.register(APP, ["fs.write", "fs.read"])  # a relaunch: the same set
+        assert calls == [["fs.read", "fs.write"]]
+        client.register(APP, ["fs.read"])  # the manifest changed
+        assert calls[-1] == ["fs.read"] and client.requested(APP) == {"fs.read"}
+        authority.register(APP, ["ui.notify"])  # another writer (the CLI's install)
+        client.register(APP, ["fs.read"])  # the snapshot sees that commit: sent again
+        assert calls[-1] == ["fs.read"] and len(calls) == 4
+        assert client.requested(APP) == {"fs.read"}
+    finally:
+        client.close()
+        authority.close()
+
+
 def test_vfs_service_checks_permissions_and_quotas(tmp_path: Path) -> None:
     pm = PermissionManager(state_db(tmp_path))
     service = VfsService(tmp_path, pm)
