@@ -336,6 +336,9 @@ class Supervisor:
                                     f"{self.policy.version}, pid {host.pid}, node {self.node}")
             self.kernel.running(self.app_id, self.run_id,
                                 {"pid": host.pid, "node": self.node})
+            # The start line goes now, while the app's interpreter starts: else the
+            # app's first call sends it first, and waits for the kernel to take it.
+            self._flush()
             self._watch_heartbeat(host)
 
     # -- the healthCheck watchdog ----------------------------------------------

@@ -21,17 +21,19 @@ class HeldKernel:
     def __init__(self) -> None:
         self.pending: list[concurrent.futures.Future[Any]] = []
         self.exits: list[dict[str, Any]] = []
+        self.sent: list[str] = []  # "running", "logs: <messages>", "call <method>"
 
     def call(self, app_id: str, method: str, params: Any) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.pending.append(fut)
+        self.sent.append(f"call {method}")
         return fut
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
-        pass
+        self.sent.append("running")
 
-    def logs(self, app_id: str, lines: list[tuple[str, str]]) -> None:
-        pass
+    def logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
+        self.sent.append("logs: " + " | ".join(line[1] for line in lines))
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         self.exits.append(exit_info)
@@ -93,6 +95,32 @@ def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
         assert waiting[0].result(timeout=1) is None
         again = api("permission.request", {"permission": "fs.write"})
         assert not again.done()
+    finally:
+        for fut in kernel.pending:
+            if not fut.done():
+                fut.set_result(None)
+        sup.close()
+
+
+def test_the_start_line_reaches_the_kernel_at_start_not_with_the_first_call(
+        tmp_path: Path) -> None:
+    """Else the app's first call carries it, and waits for the kernel to take it."""
+    hosts: list[IdleHost] = []
+
+    def factory(policy: SandboxPolicy, ctx: HostContext) -> IdleHost:
+        hosts.append(IdleHost(ctx))
+        return hosts[-1]
+
+    manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
+    kernel = HeldKernel()
+    sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
+                     host_factory=factory)  # type: ignore[arg-type]
+    sup.start()
+    try:
+        assert kernel.sent[0] == "running"
+        assert kernel.sent[1].startswith("logs: app started: run 1")
+        hosts[0].ctx.api("system.ping", {})
+        assert kernel.sent[2:] == ["call system.ping"]
     finally:
         for fut in kernel.pending:
             if not fut.done():
