@@ -81,7 +81,7 @@ def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
     manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
     kernel = HeldKernel()
     sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
-                     host_factory=factory)  # type: ignore[arg-type]
+                     host_factory=factory)
     sup.start()
     try:
         api = hosts[0].ctx.api
@@ -114,7 +114,7 @@ def test_the_start_line_reaches_the_kernel_at_start_not_with_the_first_call(
     manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
     kernel = HeldKernel()
     sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
-                     host_factory=factory)  # type: ignore[arg-type]
+                     host_factory=factory)
     sup.start()
     try:
         assert kernel.sent[0] == "running"
