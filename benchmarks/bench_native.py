@@ -8,7 +8,13 @@
    ``system.ping`` made from there, each vs the raw call from the driver.
 3. Launch to first answered API call (from ``Runtime.launch`` until the app holds
    the answer of its first call) vs a bare spawn of the same script that exchanges
-   one frame with its parent over a pipe: <= 1.5x.
+   one frame with its parent over a pipe: <= 1.5x. Shown under it, medians per
+   stage on both sides (the launch call; its return to the app's first line; SDK
+   import and connect; the first call), and the one OS cost in it that neither
+   estarter nor Ray controls: a process's move into a cgroup (the launcher's join)
+   waits for an RCU grace period when no other move happened just before, here
+   measured as a no-op move of this process into its own cgroup, cold (after
+   100 ms without one) vs warm (right after another).
 
 Run: ``python -m benchmarks.bench_native``.
 """
@@ -53,19 +59,23 @@ client.ui.notify("result", json.dumps({"median": samples[len(samples) // 2]}))
 # The same script serves both sides of target 3: hosted, it answers through estarter;
 # with BASELINE set, it exchanges one frame with the parent that spawned it.
 FIRST_CALL_APP = """
-import os, sys, time, json
+import time
+t_first = time.time()
+import os, sys, json
 from sdk import EStarterClient
 if os.environ.get("BASELINE"):
     from sdk._wire import encode_frame, read_frame
+    t_conn = time.time()
     out = os.fdopen(1, "wb", buffering=0)
     out.write(encode_frame({"jsonrpc": "2.0", "id": 1, "method": "system.ping"}))
     read_frame(sys.stdin.buffer)
-    os.write(2, repr(time.time()).encode())
+    os.write(2, json.dumps([t_first, t_conn, time.time()]).encode())
     sys.exit(0)
 client = EStarterClient.connect()
+t_conn = time.time()
 client.call("system.ping")
 t = time.time()
-client.ui.notify("first", repr(t))
+client.ui.notify("first", json.dumps([t_first, t_conn, t]))
 """
 
 
@@ -154,7 +164,8 @@ def _floor_from_a_worker(n: int) -> dict[str, float]:
         ray.kill(echo)
 
 
-def _bare_first_call(folder: Path) -> float:
+def _bare_first_call(folder: Path) -> list[float]:
+    """Seconds from the spawn: [spawn returned, first line, connected, answered]."""
     from sdk._wire import encode_frame, read_frame
 
     env = {"PATH": "/usr/bin:/bin", "BASELINE": "1"}
@@ -162,16 +173,73 @@ def _bare_first_call(folder: Path) -> float:
     proc = subprocess.Popen([sys.executable, "-E", "-s", "-B", str(folder / "app.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=folder)
+    spawned = time.time()
     try:
         assert proc.stdout is not None and proc.stdin is not None
         read_frame(proc.stdout)
         proc.stdin.write(encode_frame({"jsonrpc": "2.0", "id": 1, "result": {}}))
         proc.stdin.flush()
         _, err = proc.communicate(timeout=30)
-        return float(err.decode().strip().splitlines()[-1]) - t0
+        marks = json.loads(err.decode().strip().splitlines()[-1])
+        return [spawned - t0, *(m - t0 for m in marks)]
     finally:
         proc.kill()
         proc.wait()
+
+
+STAGES = ("launch call returned (ours: Runtime.launch; bare: Popen)",
+          "launch returned to the app's first line",
+          "first line to connected (SDK import, connect)",
+          "first call answered")
+
+
+def _stage_rows(ours: list[list[float]], base: list[list[float]],
+                report: Report) -> None:
+    """Median duration of each stage (marks are seconds from the launch)."""
+    def took(marks: list[float], k: int) -> float:
+        return marks[k] - (marks[k - 1] if k else 0.0)
+
+    for k, stage in enumerate(STAGES):
+        report(f"  target 3 stage: {stage}", statistics.median(took(m, k) for m in ours) * 1e3,
+               statistics.median(took(m, k) for m in base) * 1e3, None, "ms")
+
+
+def cgroup_join_cost(samples: int = 7) -> tuple[float, float] | None:
+    """Median seconds of a no-op move of this process into its own cgroup: cold
+    (after 100 ms without a move) and warm (right after one); None where this
+    process cannot write its cgroup (no cgroups, not root)."""
+    from estarter.hosting.limits import detect
+
+    facts = detect(probe_sandbox=False)
+    mount, controller = ((facts.v2_root, "") if facts.v2_root is not None
+                         else (facts.v1_mounts.get("pids"), "pids"))
+    own = None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if mount is not None and (ctrls == controller or controller in ctrls.split(",")):
+            own = mount / path.lstrip("/")
+            break
+    if own is None or not own.is_dir():
+        return None
+    procs, pid = own / "cgroup.procs", str(os.getpid())
+
+    def move() -> float:
+        t0 = time.perf_counter()
+        with open(procs, "w") as fh:
+            fh.write(pid)
+        return time.perf_counter() - t0
+
+    cold, warm = [], []
+    try:
+        if pid not in procs.read_text().split():
+            return None
+        for _ in range(samples):
+            time.sleep(0.1)
+            cold.append(move())
+            warm.append(move())
+    except OSError:
+        return None
+    return statistics.median(cold), statistics.median(warm)
 
 
 def _result(rt: Any, app_id: str, title: str) -> str:
@@ -204,16 +272,26 @@ def run(report: Report) -> None:
                    floor["kernel"] * 1e3, base * 1e3, None, "ms")
 
             first = write_app(root, "bench-first", FIRST_CALL_APP)
-            ours_s, base_s = [], []
+            ours_m, base_m = [], []
             for _ in range(LAUNCHES):
                 t0 = time.time()
                 handle = rt.launch(first)
+                returned = time.time()
                 handle.wait(timeout=60)
-                ours_s.append(float(_result(rt, "bench-first", "first")) - t0)
-                base_s.append(_bare_first_call(first))
+                marks = json.loads(_result(rt, "bench-first", "first"))
+                ours_m.append([returned - t0, *(m - t0 for m in marks)])
+                base_m.append(_bare_first_call(first))
             report("target 3: launch to first answered call vs bare spawn + echo",
-                   statistics.median(ours_s) * 1e3, statistics.median(base_s) * 1e3, 1.5,
-                   "ms")
+                   statistics.median(m[-1] for m in ours_m) * 1e3,
+                   statistics.median(m[-1] for m in base_m) * 1e3, 1.5, "ms")
+            _stage_rows(ours_m, base_m, report)
+            join = cgroup_join_cost()
+            name = "  target 3, the OS's part: cgroup join, cold vs warm"
+            if join is not None:
+                report(name, join[0] * 1e3, join[1] * 1e3, None, "ms")
+            elif hasattr(report, "unmeasured"):
+                report.unmeasured(name, None, "this process cannot move itself within "
+                                  "its cgroup (no cgroups here, or not root)")
         finally:
             rt.shutdown()
 
