@@ -25,6 +25,7 @@ from estarter.storage import shared_from_env, zone_storage
 from estarter.supervision import RestartRules
 
 from . import ray_api
+from .handles import KernelActor as KernelActor
 from .options import KERNEL_NAME, KERNEL_OPTIONS, PERMISSIONS_NAME, RUNTIME_ACTORS, VFS_NAME
 from .permissions import get_or_create_permissions, permission_client
 from .spawner import RaySpawner, RaySupervisorPort
@@ -32,8 +33,9 @@ from .supervisor import SupervisorActor, supervisor_prefix
 from .vfs import RayVfsPort, get_or_create_vfs
 
 
-class KernelShell(Kernel):
-    """The kernel, constructed inside its actor with Ray-backed supervisors."""
+class RayKernel(Kernel):
+    """The kernel, constructed inside its actor (``handles.KernelShell``) with Ray-backed
+    supervisors."""
 
     def __init__(self, home: str, strict: bool = False,
                  rules: dict[str, Any] | None = None, shared_storage: bool = False) -> None:
@@ -100,7 +102,6 @@ class KernelShell(Kernel):
                 **ray_api.whereabouts(), "storage": zone_storage(self.spawner.storage)}
 
 
-KernelActor = ray_api.remote(KernelShell, KERNEL_OPTIONS)
 
 
 def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = False,

@@ -23,11 +23,14 @@ from estarter.kernel.methods import retry_on_restart
 from estarter.protocol.kernel_wire import decode_reply, encode_call
 
 from . import ray_api
-from .options import BLOCKING, KERNEL_NAME, VFS_OPTIONS
+from .handles import VfsActor as VfsActor
+from .options import BLOCKING, KERNEL_NAME
 from .permissions import RETRY_SECONDS, permission_client
 
 
-class VfsShell:
+class VfsServer:
+    """What the VFS actor (``handles.VfsShell``) runs, built in its process."""
+
     def __init__(self, home: str) -> None:
         from estarter.store import AppStore
 
@@ -78,7 +81,6 @@ class VfsShell:
         return {"home": str(self.home), **ray_api.whereabouts()}
 
 
-VfsActor = ray_api.remote(VfsShell, VFS_OPTIONS)
 
 
 class RayVfsPort:

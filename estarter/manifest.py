@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,25 +24,15 @@ from pydantic import (
 
 from . import permissions as perms
 from .errors import ManifestError
+from .kinds import DEFAULT_MAX_OPEN_FILES as DEFAULT_MAX_OPEN_FILES
+from .kinds import RestartPolicy as RestartPolicy
+from .kinds import RuntimeKind as RuntimeKind
+from .kinds import resolve_entry
 from .version import API_VERSION
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024
-DEFAULT_MAX_OPEN_FILES = 1024
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-
-
-class RuntimeKind(str, Enum):
-    NATIVE = "native"
-    WASM = "wasm"
-    PYTHON = "python"
-    DOTNET = "dotnet"
-
-
-class RestartPolicy(str, Enum):
-    NEVER = "never"
-    ON_FAILURE = "on-failure"
-    ALWAYS = "always"
 
 
 def api_level(value: int | str) -> tuple[int, int]:
@@ -411,18 +400,8 @@ def load_manifest(app_dir: str | os.PathLike[str]) -> AppManifest:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
     manifest = parse_manifest(raw, str(path))
-    resolve_entry(folder, manifest)
+    resolve_entry(folder, manifest.entry)
     return manifest
-
-
-def resolve_entry(app_dir: Path, manifest: AppManifest) -> Path:
-    """The entry's real path; refuses an entry that leaves the folder (symlinks included)."""
-    root = app_dir.resolve()
-    target = (root / manifest.entry).resolve()
-    if not target.is_relative_to(root):
-        raise ManifestError(f"entry: {manifest.entry!r} resolves outside the app folder",
-                            {"key": "entry"})
-    return target
 
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

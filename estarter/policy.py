@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PermissionDenied
-from .manifest import (
-    DEFAULT_MAX_OPEN_FILES,
-    AppManifest,
-    RestartPolicy,
-    RuntimeKind,
-    resolve_entry,
-)
+from .kinds import DEFAULT_MAX_OPEN_FILES, RestartPolicy, RuntimeKind, resolve_entry
 from .permissions import BASIC
+
+if TYPE_CHECKING:  # a policy is made from a manifest on the kernel's side only: a
+    # supervisor worker unpickles policies and never loads pydantic (kinds.py)
+    from .manifest import AppManifest
 
 MIB = 1024 * 1024
 
@@ -69,7 +68,7 @@ class SandboxPolicy:
             app_id=manifest.id,
             runtime=manifest.runtime,
             app_dir=app_dir.resolve(),
-            entry=resolve_entry(app_dir, manifest),
+            entry=resolve_entry(app_dir, manifest.entry),
             args=tuple(manifest.args),
             requested=requested,
             granted=(requested & BASIC) if granted is None else (granted & requested),

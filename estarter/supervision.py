@@ -25,7 +25,7 @@ from .hosting.applog import STREAMS, level_of, one_line, tail_file
 from .hosting.base import AppHost, ExitInfo, ExitReason, HostContext, HostState
 from .hosting.factory import create_host
 from .kernel.methods import BLOCKING_METHODS, MAX_WAITING_CALLS, SUPERVISOR_METHODS
-from .manifest import RestartPolicy
+from .kinds import RestartPolicy
 from .metrics import AppMetrics, outcome_of, process_usage
 from .paths import app_zones, log_file, node_local_dir
 from .policy import SandboxPolicy

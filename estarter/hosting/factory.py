@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import NotSupported
-from ..manifest import RuntimeKind
+from ..kinds import RuntimeKind
 from ..policy import SandboxPolicy
 from .base import AppHost, HostContext
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
-from ..manifest import RuntimeKind
+from ..kinds import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
 from ..protocol.framing import FramingError, StdoutSplitter, encode_frame

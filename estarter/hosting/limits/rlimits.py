@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from ...manifest import RuntimeKind
+from ...kinds import RuntimeKind
 from ...policy import SandboxPolicy
 from .plan import Outcome
 

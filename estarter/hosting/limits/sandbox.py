@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ... import devices
-from ...manifest import RuntimeKind
+from ...kinds import RuntimeKind
 from ...policy import SandboxPolicy
 from .. import dotnet_app, python_app
 from ..base import HostContext
