@@ -287,6 +287,11 @@ def run(report: Report) -> None:
     from actors import ray_api
     from estarter.runtime import Runtime
 
+    if os.environ.get("ESTARTER_BENCH_300"):
+        # A node advertises memory / 96 MiB app slots (placement.slots_for_node): about
+        # 245 on a 24 GiB machine, fewer than the 300 apps whose memory is measured.
+        # An operator raises it the same way.
+        os.environ.setdefault("ESTARTER_APP_SLOTS", str(BIG + APPS))
     ray_api.init()  # embedded local Ray with app slots, unless one is up already
     time.sleep(2.0)
     ray_pids = _session_processes()
