@@ -102,8 +102,6 @@ class RayKernel(Kernel):
                 **ray_api.whereabouts(), "storage": zone_storage(self.spawner.storage)}
 
 
-
-
 def get_or_create_kernel(home: Path, strict: bool = False, detached: bool = False,
                          rules: RestartRules | None = None) -> tuple[Any, bool]:
     """The named kernel actor and whether this call created it.

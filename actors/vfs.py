@@ -81,8 +81,6 @@ class VfsServer:
         return {"home": str(self.home), **ray_api.whereabouts()}
 
 
-
-
 class RayVfsPort:
     """The kernel's view of the VFS actor (for socket clients' fs.* calls)."""
 
