@@ -23,8 +23,11 @@ from tests.integration.test_cli_lifecycle import ROOT, env_for, estarter, ok_jso
 # The session leader of a terminal, as a login shell is: the pty is its controlling
 # terminal, ``estarter up`` runs in its session and process group, then it waits for
 # the next command until the terminal hangs up (SIGHUP: it dies).
+# A login session's leader: SIGHUP at its default (a test run from a nohup'ed or
+# background job inherits it ignored, and then the hang-up would kill nothing).
 SESSION_LEADER = """
 import fcntl, os, signal, subprocess, sys, termios
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 os.setsid()
 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 rc = subprocess.call(sys.argv[1:])

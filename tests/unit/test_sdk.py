@@ -343,13 +343,21 @@ def test_helpers_send_the_kernel_table_params(pair: Any) -> None:
 # --- hosted mode in a real child ------------------------------------------------------------------
 
 
+# The launcher resets every signal to its default before an app's exec. A test run
+# from a shell's background job inherits SIGINT ignored, and Python then leaves it
+# so: the SDK's default shutdown (interrupt_main) would do nothing. As the launcher.
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def _spawn_hosted(
     code: str, unbuffered: bool = True
 ) -> tuple[subprocess.Popen[bytes], FakeHost]:
     env = {"PATH": os.environ.get("PATH", ""), "ESTARTER_MODE": "hosted",
            "PYTHONPATH": ROOT}
     flags = ["-u"] if unbuffered else []
-    proc = subprocess.Popen([sys.executable, *flags, "-c", code], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", DEFAULT_SIGINT, sys.executable, *flags,
+                             "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stdout is not None
 
