@@ -76,7 +76,7 @@ def _completed_api(method: str, params: Any) -> concurrent.futures.Future[Any]:
 
 def _runner(wat: str, ours: bool) -> Callable[[], None]:
     engine = shared_engine()
-    abi = GuestAbi(_completed_api, BoundedLog(lambda _l, _m: None), threading.Event(),
+    abi = GuestAbi(_completed_api, BoundedLog(lambda _l, _m, _s: None), threading.Event(),
                    api_rate=0)  # the cost of a call, not the budget
     module = wasmtime.Module(engine, wat)
     if ours:
