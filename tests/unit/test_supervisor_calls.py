@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,10 @@ class IdleHost:
         pass
 
 
-def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def started(tmp_path: Path) -> Iterator[tuple[HeldKernel, HostContext]]:
+    """A started supervisor of an idle host: its kernel port and the host's context.
+    Every call still held is answered, and the supervisor closed, on the way out."""
     hosts: list[IdleHost] = []
 
     def factory(policy: SandboxPolicy, ctx: HostContext) -> IdleHost:
@@ -84,7 +89,17 @@ def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
                      host_factory=factory)
     sup.start()
     try:
-        api = hosts[0].ctx.api
+        yield kernel, hosts[0].ctx
+    finally:
+        for fut in kernel.pending:
+            if not fut.done():
+                fut.set_result(None)
+        sup.close()
+
+
+def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
+    with started(tmp_path) as (kernel, ctx):
+        api = ctx.api
         waiting = [api("ipc.receive", {"timeoutMs": 30000}) for _ in range(MAX_WAITING_CALLS)]
         refused = api("ipc.receive", {"timeoutMs": 30000})
         with pytest.raises(Busy):
@@ -95,34 +110,13 @@ def test_waiting_calls_are_capped_per_app(tmp_path: Path) -> None:
         assert waiting[0].result(timeout=1) is None
         again = api("permission.request", {"permission": "fs.write"})
         assert not again.done()
-    finally:
-        for fut in kernel.pending:
-            if not fut.done():
-                fut.set_result(None)
-        sup.close()
 
 
 def test_the_start_line_reaches_the_kernel_at_start_not_with_the_first_call(
         tmp_path: Path) -> None:
     """Else the app's first call carries it, and waits for the kernel to take it."""
-    hosts: list[IdleHost] = []
-
-    def factory(policy: SandboxPolicy, ctx: HostContext) -> IdleHost:
-        hosts.append(IdleHost(ctx))
-        return hosts[-1]
-
-    manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
-    kernel = HeldKernel()
-    sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
-                     host_factory=factory)
-    sup.start()
-    try:
+    with started(tmp_path) as (kernel, ctx):
         assert kernel.sent[0] == "running"
         assert kernel.sent[1].startswith("logs: app started: run 1")
-        hosts[0].ctx.api("system.ping", {})
+        ctx.api("system.ping", {})
         assert kernel.sent[2:] == ["call system.ping"]
-    finally:
-        for fut in kernel.pending:
-            if not fut.done():
-                fut.set_result(None)
-        sup.close()
