@@ -9,7 +9,13 @@
      supervisor actor, spawn to the interpreter's first line, first line to the
      answered call);
    - memory of it all (supervisors plus apps) vs 100 idle Ray actors.
-   - opt-in (``ESTARTER_BENCH_300=1``): the same with 300 apps, memory <= 1.15x.
+   - opt-in (``ESTARTER_BENCH_300=1``): the same with 300 apps, memory <= 1.15x,
+     5 launches in flight (16 made the last launches wait past the driver's 120 s
+     call). Memory is guarded: the run does not start if 300 apps at the 100-app
+     run's MemAvailable drop per app would leave less than ``ESTARTER_BENCH_MIN_FREE_GB``
+     (default 2) available, launches stop when the drop measured so far says so, and
+     the run is given up if MemAvailable falls under 3/4 of it; the figure is then
+     "not measured" with the numbers, and every app it launched is stopped.
    Also the idle runtime: processes and USS of Ray plus an idle estarter vs Ray alone.
 2. Throughput: 8 apps calling ``system.ping`` at once, one call in flight each, for
    a fixed window; total calls/s vs raw Ray with 8 caller actors each calling its
@@ -23,11 +29,11 @@ Run: ``python -m benchmarks cluster``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -37,12 +43,22 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import tree_uss, uss, wait_until
+from benchmarks.common import Burst, tree_uss, uss, wait_until
+from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 APPS = 100
 BIG = 300  # the opt-in memory run
+IN_FLIGHT = 16  # launches at once for the 100 apps (the profile's "launch slot" wait)
+# For the 300: each launch waits for Ray to start a worker, CPU-bound beside the idle
+# supervisors; with 16 in flight, past ~250 apps one waited past the driver's 120 s.
+BIG_IN_FLIGHT = 5
+KEEP_FREE = float(os.environ.get("ESTARTER_BENCH_MIN_FREE_GB", "2")) * GIB
+FLOOR = 0.75 * KEEP_FREE  # MemAvailable under this at any time: the run is given up
+LEARN = 20  # apps up before a run's own MemAvailable drop per app counts
+LAUNCH_BUDGET = float(os.environ.get("ESTARTER_BENCH_300_LAUNCH_SECONDS", "1500"))
 FIGURES: dict[str, float | None] = {
     "idle runtime (up, no apps)": None,
     "target 2: 8 apps ping at once": round(1 / 0.7, 2),
@@ -114,11 +130,14 @@ def _idle_actors(n: int) -> tuple[float, list[int]]:
         def pid(self) -> int:
             return os.getpid()
 
+    free0 = _settled_memory()
     t0 = time.monotonic()
     actors = [Idle.remote() for _ in range(n)]  # type: ignore[attr-defined]
     pids = ray.get([a.pid.remote() for a in actors], timeout=600)
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # let the workers settle after start-up, as for the apps
+    print(f"{n} idle actors: MemAvailable {_gib(free0)} -> {_gib(_available())}: "
+          f"{(free0 - _available()) / n / MIB:.1f} MiB per actor", flush=True)
     sizes = [uss(p) for p in pids]
     for a in actors:
         ray.kill(a)
@@ -168,63 +187,189 @@ def _raw_calls_per_second(n: int, shared: bool) -> float:
 # -- estarter ---------------------------------------------------------------------------
 
 
+class LowMemory(RuntimeError):
+    pass
+
+
+def _available() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _settled_memory(timeout: float = 60.0) -> int:
+    """MemAvailable once it holds still (within 32 MiB for 3 s): the workers of the
+    actors and apps stopped just before exit over some seconds, and a drop measured
+    from while they go is too small."""
+    last, still, deadline = _available(), 0, time.monotonic() + timeout
+    while still < 3 and time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _available()
+        still = still + 1 if abs(now - last) < 32 * MIB else 0
+        last = now
+    return last
+
+
+class MemoryWatch:
+    """MemAvailable over a run, sampled every 0.5 s by a thread: the lowest seen, and
+    ``check()`` raising LowMemory once it fell under FLOOR."""
+
+    def __init__(self) -> None:
+        self.start = self.lowest = _available()
+        self.low = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.lowest = min(self.lowest, _available())
+            if self.lowest < FLOOR:
+                self.low.set()
+
+    def check(self) -> None:
+        if self.low.is_set():
+            raise LowMemory(f"MemAvailable fell to {_gib(self.lowest)} (under "
+                            f"{_gib(FLOOR)}): given up before the machine runs out")
+
+
 def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
-             memory_target: float | None = None) -> None:
-    prefix = f"dense{apps}-"
-    ids = [f"{prefix}{i:03d}" for i in range(apps)]
+             memory_target: float | None = None, in_flight: int = IN_FLIGHT,
+             prior: float | None = None) -> float | None:
+    """``apps`` apps at once; the figures; the MemAvailable drop per app (bytes) with
+    them all up, or None. ``prior``: a drop per app measured before (the 100-app run),
+    to tell before starting whether ``apps`` apps fit in memory."""
+    memory_name = f"{apps} apps: supervisors + apps USS vs {apps} idle actors"
+    names = ([memory_name] if apps != APPS else
+             ["target 5: supervisor USS (median) vs idle Ray actor",
+              f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
+              memory_name])
+    targets = {memory_name: memory_target,
+               f"{APPS} apps at once: all answered a call vs {APPS} idle actors up": 1.3,
+               "target 5: supervisor USS (median) vs idle Ray actor": 1.2}
+
+    def not_measured(why: str) -> None:
+        print(f"{apps} apps: not measured: {why}", flush=True)
+        unmeasured = getattr(report, "unmeasured", None)
+        if unmeasured is not None:
+            for name in names:
+                unmeasured(name, targets.get(name), why)
+
+    free0 = _settled_memory()
+    if prior and free0 - prior * apps < KEEP_FREE:
+        not_measured(f"not started: {apps} apps would need ~{_gib(prior * apps)} at "
+                     f"{prior / MIB:.0f} MiB each (MemAvailable drop per app with {APPS} "
+                     f"up), {_gib(free0)} available, {_gib(KEEP_FREE)} to keep free")
+        return None
+    ids = [f"dense{apps}-{i:03d}" for i in range(apps)]
     folders = [write_app(root, app_id, DENSITY_APP) for app_id in ids]
-    seen = _count(rt, "up")
     called: dict[str, tuple[float, float]] = {}
-
-    def launch(folder: Path) -> None:
-        began = time.time()
-        rt.launch(folder)
-        called[folder.name] = (began, time.time())
-
     t0 = time.monotonic()
     w0 = time.time()
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(launch, folders))
-    _wait(lambda: _count(rt, "up") - seen >= apps, 600 + 3 * apps, f"{apps} apps answering")
-    ours_start = time.monotonic() - t0
-    time.sleep(1.0)  # same settling as for the idle actors
-    sup_uss, app_uss, profile = [], [], []
-    ups = {n["appId"]: n["message"] for n in rt.notifications(10 * BIG) if n["title"] == "up"}
-    missing: list[str] = []
-    for app_id in ids:
-        info = rt.info(app_id)
-        host = info["host"]
-        pid = host["pid"]
-        sup_uss.append(uss(psutil.Process(pid).ppid()))
-        app_uss.append(tree_uss(pid))
+
+    def guard() -> str | None:
+        """Why not to launch one more app now, if so."""
+        free, n = _available(), len(burst.up)
+        if watch.low.is_set() or free < FLOOR:
+            return f"MemAvailable {_gib(min(free, watch.lowest))}, under {_gib(FLOOR)}"
+        per = max(prior or 0.0, (free0 - free) / n if n >= LEARN else 0.0)
+        if per and free - per * (apps - n) < KEEP_FREE:
+            return (f"{apps - n} more apps would need ~{_gib(per * (apps - n))} at "
+                    f"{per / MIB:.0f} MiB each (MemAvailable {_gib(free0)} -> {_gib(free)} "
+                    f"with {n} launched), {_gib(KEEP_FREE)} to keep free")
+        if apps != APPS and time.monotonic() - t0 > LAUNCH_BUDGET:
+            return f"{LAUNCH_BUDGET:.0f} s of launching (ESTARTER_BENCH_300_LAUNCH_SECONDS)"
+        return None
+
+    def launched(app_id: str, began: float, returned: float) -> None:
+        called[app_id] = (began, returned)
+        if apps != APPS and len(called) % 50 == 0:
+            print(f"{apps} apps: {len(called)} launched in {time.monotonic() - t0:.0f} s, "
+                  f"MemAvailable {_gib(_available())} (from {_gib(free0)}), load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+
+    burst = Burst(rt, in_flight, before=guard, after=launched, name=f"{apps} apps")
+    with MemoryWatch() as watch:
         try:
-            first_line, answered = json.loads(ups[app_id])
-            began, returned = called[app_id]
-            spawned = float(host.get("startedAt") or info["startedAt"])
-            profile.append((began - w0, returned - began, first_line - spawned,
-                            answered - first_line))
-        except (KeyError, TypeError, ValueError) as exc:
-            missing.append(f"{app_id}: {exc!r}")
-    if missing:
-        print(f"profile: {len(missing)} apps without timings, e.g. {missing[0]}", flush=True)
-    t1 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda app_id: rt.stop(app_id, grace=0.5), ids))
-    stop_s = time.monotonic() - t1
+            burst.run(folders)
+            wanted = set(burst.up)
+            if burst.short or burst.failed:
+                why = burst.short or (f"{len(burst.failed)} launches failed, e.g. "
+                                      f"{next(iter(burst.failed.items()))}")
+                not_measured(why)
+                return None
+            n = len(wanted)
+
+            def all_up() -> bool:
+                watch.check()
+                return len(_ups(rt, wanted)) >= n
+
+            _wait(all_up, 600 + 3 * n, f"{n} apps answering")
+            ours_start = time.monotonic() - t0
+            time.sleep(1.0)  # same settling as for the idle actors
+            free1 = _available()
+            drop = (free0 - free1) / n
+            print(f"{apps} apps: MemAvailable {_gib(free0)} -> {_gib(free1)} with {n} up: "
+                  f"{drop / MIB:.1f} MiB per app (lowest {_gib(watch.lowest)}; "
+                  f"{burst.timeouts} launch timeouts)", flush=True)
+            sup_uss, app_uss, profile = [], [], []
+            ups = _ups(rt, wanted)
+            missing: list[str] = []
+            for app_id in ids:
+                watch.check()
+                try:
+                    info = rt.info(app_id)
+                    host = info["host"]
+                    pid = host["pid"]
+                    sup = psutil.Process(pid).ppid()
+                except (EstarterError, KeyError, TypeError, psutil.Error) as exc:
+                    missing.append(f"{app_id}: not measured: {exc!r}")
+                    continue
+                sup_uss.append(uss(sup))
+                app_uss.append(tree_uss(pid))
+                try:
+                    first_line, answered = json.loads(ups[app_id])
+                    began, returned = called[app_id]
+                    spawned = float(host.get("startedAt") or info["startedAt"])
+                    profile.append((began - w0, returned - began, first_line - spawned,
+                                    answered - first_line))
+                except (KeyError, TypeError, ValueError) as exc:
+                    missing.append(f"{app_id}: {exc!r}")
+            if missing:
+                print(f"profile: {len(missing)} apps without timings or memory, e.g. "
+                      f"{missing[0]}", flush=True)
+        except LowMemory as exc:
+            not_measured(f"{exc}; {len(burst.up)} apps were up")
+            return None
+        finally:
+            stop_s = burst.stop_all()
+    if not sup_uss:
+        not_measured(f"no app could be read, e.g. {missing[:1]}")
+        return None
+    measured = len(sup_uss)
     base_start, idle_uss = _idle_actors(apps)
     idle = statistics.median(idle_uss)
     total = (sum(sup_uss) + sum(app_uss)) / MIB
     if apps != APPS:
-        report(f"{apps} apps: supervisors + apps USS vs {apps} idle actors", total,
-               idle * apps / MIB, memory_target, "MiB")
-        report(f"{apps} apps at once: all answered a call vs {apps} idle actors up (ref)",
-               ours_start, base_start, None, "s")
-        return
+        report(memory_name + ("" if measured == apps else f" ({measured} read)"),
+               total, idle * measured / MIB, memory_target, "MiB")
+        report(f"{apps} apps at once ({in_flight} launching): all answered a call vs "
+               f"{apps} idle actors up (ref)", ours_start, base_start, None, "s")
+        return drop
     report("target 5: supervisor USS (median) vs idle Ray actor", statistics.median(sup_uss)
            / MIB, idle / MIB, 1.2, "MiB")
     report(f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
            ours_start, base_start, 1.3, "s")
-    steps = ("waiting for a launch slot (16 launching at once)",
+    steps = (f"waiting for a launch slot ({in_flight} launching at once)",
              "Runtime.launch: kernel, supervisor actor, cgroups, spawn",
              "spawn to first line: launcher, bwrap, interpreter",
              "first line to answered call: SDK import, connect, ui.notify")
@@ -232,10 +377,17 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
         if profile:
             report(f"  {APPS} apps profile, median per app: {step}",
                    statistics.median(p[k] for p in profile), base_start, None, "s")
-    report(f"{APPS} apps: supervisors + apps USS vs {APPS} idle actors", total,
-           idle * APPS / MIB, memory_target, "MiB")
+    report(memory_name + ("" if measured == apps else f" ({measured} read)"), total,
+           idle * measured / MIB, memory_target, "MiB")
     report(f"{APPS} apps: one app's process tree USS (median), stop all: {stop_s:.1f} s",
            statistics.median(app_uss) / MIB, idle / MIB, None, "MiB")
+    return drop
+
+
+def _ups(rt: Any, ids: set[str]) -> dict[str, str]:
+    """The "up" notes of the apps ``ids``: app id -> message."""
+    return {n["appId"]: n["message"] for n in rt.notifications(10 * BIG)
+            if n["title"] == "up" and n.get("appId") in ids}
 
 
 def _idle_runtime(ray_alone: tuple[int, int], report: Report) -> None:
@@ -301,12 +453,17 @@ def run(report: Report) -> None:
         root = Path(tmp)
         rt = Runtime.start(home=root / "home")
         try:
-            parts: list[Callable[[], None]] = [
+            drop: list[float | None] = [None]  # MemAvailable per app, 100-app run
+
+            def hundred() -> None:
+                drop[0] = _density(rt, root, report)
+
+            parts: list[Callable[[], object]] = [
                 lambda: _idle_runtime(ray_alone, report),
-                lambda: _throughput(rt, root, report),
-                lambda: _density(rt, root, report)]
+                lambda: _throughput(rt, root, report), hundred]
             if os.environ.get("ESTARTER_BENCH_300"):
-                parts.append(lambda: _density(rt, root, report, BIG, 1.15))
+                parts.append(lambda: _density(rt, root, report, BIG, 1.15, BIG_IN_FLIGHT,
+                                              drop[0]))
             else:
                 unmeasured = getattr(report, "unmeasured", None)
                 if unmeasured is not None:

@@ -38,7 +38,6 @@ Run (heavy, 15-25 minutes here; never beside another 300-app run):
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import random
@@ -54,7 +53,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import end_simulated_cluster, tree_uss, uss, wait_until
+from benchmarks.common import Burst, end_simulated_cluster, tree_uss, uss, wait_until
 from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
@@ -144,51 +143,38 @@ def _apps(rt: Any, root: Path, names: dict[str, str], out: dict[str, Any]) -> No
     running short stops the launches: the rest is measured with the apps up then."""
     ids = [f"many{i:03d}" for i in range(APPS)]
     folders = [write_app(root, app_id, APP) for app_id in ids]
-    launched: list[str] = []
-    refused: list[str] = []
 
-    def launch(folder: Path) -> None:
-        if "short" in out:
-            return
+    def guard() -> str | None:
         if time.monotonic() - t0 > LAUNCH_BUDGET:
-            out["short"] = (f"launches stopped at {len(launched)} of {APPS} apps: "
-                            f"{LAUNCH_BUDGET:.0f} s of launching (ESTARTER_BENCH_HUNDREDS_"
-                            f"LAUNCH_SECONDS)")
-            return
+            return f"{LAUNCH_BUDGET:.0f} s of launching (ESTARTER_BENCH_HUNDREDS_LAUNCH_SECONDS)"
         try:
             _check_memory()
         except LowMemory as exc:
-            out["short"] = f"launches stopped at {len(launched)} of {APPS} apps: {exc}"
-            print(f"hundreds: {out['short']}", flush=True)
-            return
-        try:
-            rt.launch(folder)
-        except EstarterError as exc:
-            # Under load a launch may outlast the driver's 120 s call (ApiTimeout)
-            # and still run later: it is stopped at the end, not waited for.
-            refused.append(folder.name)
-            print(f"hundreds: launch of {folder.name} failed: {exc}", flush=True)
-            if len(refused) >= MAX_REFUSED:
-                out["short"] = (f"launches stopped at {len(launched)} of {APPS} apps: "
-                                f"{len(refused)} failed, the last: {exc}")
-            return
-        launched.append(folder.name)
-        if len(launched) % 50 == 0:
-            print(f"hundreds: {len(launched)} launched in {time.monotonic() - t0:.0f} s, "
+            return str(exc)
+        return None
+
+    def progress(app_id: str, began: float, returned: float) -> None:
+        if len(burst.up) % 50 == 0:
+            print(f"hundreds: {len(burst.up)} launched in {time.monotonic() - t0:.0f} s, "
                   f"load {_load()}, {psutil.virtual_memory().available / 1024**3:.1f} GiB "
                   f"free", flush=True)
 
+    # Few launches at once: each waits for Ray to start a worker (a node starts one or
+    # two at a time), and 16 in flight under load ~100 made the last ones wait past
+    # the driver's 120 s call timeout. The queue is better kept here. A launch that
+    # still times out is read back and relaunched only if it did not run (Burst).
+    burst = Burst(rt, LAUNCHING, before=guard, after=progress, max_failed=MAX_REFUSED,
+                  name="hundreds")
     t0 = time.monotonic()
     try:
-        # Few launches at once: each waits for Ray to start a worker (a node starts
-        # one or two at a time), and 16 in flight under load ~100 made the last ones
-        # wait past the driver's 120 s call timeout. The queue is better kept here.
-        with concurrent.futures.ThreadPoolExecutor(LAUNCHING) as pool:
-            list(pool.map(launch, folders))
-        up = sorted(launched)
+        burst.run(folders)
+        if burst.short:
+            out["short"] = burst.short
+        up = sorted(burst.up)
         n = out["n"] = len(up)
-        if refused and "short" not in out:
-            out["short"] = f"{len(refused)} of {APPS} launches failed (ApiTimeout under load)"
+        if burst.failed and "short" not in out:
+            out["short"] = (f"{len(burst.failed)} of {APPS} launches failed, e.g. "
+                            f"{next(iter(burst.failed.items()))}")
         if not n:
             raise LowMemory(out.get("short", "no app launched"))
         wanted = set(up)
@@ -234,18 +220,7 @@ def _apps(rt: Any, root: Path, names: dict[str, str], out: dict[str, Any]) -> No
         lat = [x for m in _notes(rt, "calls", wanted).values() for x in json.loads(m)]
         out["calls"] = lat
     finally:
-        t1 = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda a: _quiet(lambda: rt.stop(a, grace=0.5)),
-                          launched + refused))
-        out["stop"] = time.monotonic() - t1
-
-
-def _quiet(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception:  # an app that never launched: nothing to stop
-        pass
+        out["stop"] = burst.stop_all()
 
 
 # -- raw Ray baseline -------------------------------------------------------------------

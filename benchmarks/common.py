@@ -1,11 +1,14 @@
-"""What several benchmarks need: memory of a process (tree), and ending a simulated
-Ray cluster so that the next module starts clean."""
+"""What several benchmarks need: memory of a process (tree), ending a simulated Ray
+cluster so that the next module starts clean, and launching many apps at once."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -57,3 +60,153 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
         time.sleep(interval)
+
+
+class Burst:
+    """Launch many apps through a runtime, ``in_flight`` at once, and keep count.
+
+    ``before()`` runs before every launch (retries too); a string it returns stops all
+    further launching and is kept in ``short``. ``after(app_id, began, returned)`` runs
+    after every launch the kernel accepted. A launch that raises ApiTimeout (the
+    driver's 120 s call) may still complete in the kernel: once the burst is done,
+    each such app's record is read (waiting up to ``settle`` s while it is starting)
+    and only the apps that are really not running (ended, or not known to the
+    kernel) are launched again, up to ``retries`` times; a relaunch that says Busy
+    is read again the same way.
+
+    ``tried`` is every app a launch was asked for, recorded before the call: stop
+    those at the end (:meth:`stop_all`), whatever happened in between."""
+
+    def __init__(self, rt: Any, in_flight: int, *, before: Callable[[], str | None] | None = None,
+                 after: Callable[[str, float, float], None] | None = None,
+                 retries: int = 2, settle: float = 300.0, max_failed: int | None = None,
+                 name: str = "bench") -> None:
+        self.rt = rt
+        self.in_flight = in_flight
+        self.before = before
+        self.after = after
+        self.retries = retries
+        self.settle = settle
+        self.max_failed = max_failed
+        self.name = name
+        self.up: list[str] = []  # running: accepted by the kernel, or found running
+        self.failed: dict[str, str] = {}  # app id -> why it is not running
+        self.timeouts = 0  # launch calls that raised ApiTimeout
+        self.short: str | None = None  # why launching stopped before every app was tried
+        self.tried: list[str] = []
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def run(self, folders: list[Path]) -> None:
+        """Launch the apps of ``folders`` (app id = folder name); return when each is
+        running, failed or not tried (``short``)."""
+        self._total = len(folders)
+        by_id = {f.name: f for f in folders}
+        unsure = self._launch(folders)
+        attempts = 0
+        while unsure:
+            again: list[Path] = []
+            for app_id in unsure:
+                state = self._state(app_id)
+                if state == "running":
+                    self._add_up(app_id)
+                elif (attempts >= self.retries or self.short is not None
+                      or not state.startswith(("ended", "not known"))):
+                    self.failed[app_id] = f"launch timed out ({self.timeouts} so far), then {state}"
+                else:
+                    again.append(by_id[app_id])
+            attempts += 1
+            if again:
+                print(f"{self.name}: launching {len(again)} again after a timeout: "
+                      f"{', '.join(f.name for f in again[:5])}", flush=True)
+            unsure = self._launch(again)
+
+    def stop_all(self, grace: float = 0.5) -> float:
+        """Stop every app tried (quietly: one that never ran has nothing to stop);
+        seconds it took."""
+        t0 = time.monotonic()
+
+        def stop(app_id: str) -> None:
+            try:
+                self.rt.stop(app_id, grace=grace)
+            except Exception:
+                pass
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(stop, list(dict.fromkeys(self.tried))))
+        return time.monotonic() - t0
+
+    def _add_up(self, app_id: str) -> None:
+        with self._lock:
+            self.up.append(app_id)
+
+    def _launch(self, folders: list[Path]) -> list[str]:
+        """Launch ``folders``; the ids whose launch timed out or said Busy (unsure)."""
+        from estarter.errors import ApiTimeout, Busy, EstarterError
+
+        unsure: list[str] = []
+
+        def one(folder: Path) -> None:
+            app_id = folder.name
+            if self.short is not None:
+                return
+            why = self.before() if self.before is not None else None
+            if why is not None:
+                if self.short is None:
+                    self.short = f"launches stopped at {len(self.up)} of {self._total} apps: {why}"
+                    print(f"{self.name}: {self.short}", flush=True)
+                return
+            with self._lock:
+                self.tried.append(app_id)
+            began = time.time()
+            try:
+                self.rt.launch(folder)
+            except (ApiTimeout, Busy) as exc:
+                with self._lock:
+                    unsure.append(app_id)
+                    self.timeouts += isinstance(exc, ApiTimeout)
+                print(f"{self.name}: launch of {app_id}: {type(exc).__name__}: {exc}",
+                      flush=True)
+                return
+            except EstarterError as exc:
+                with self._lock:
+                    self.failed[app_id] = f"{type(exc).__name__}: {exc}"
+                    many = self.max_failed is not None and len(self.failed) >= self.max_failed
+                print(f"{self.name}: launch of {app_id} failed: {exc}", flush=True)
+                if many and self.short is None:
+                    self.short = (f"launches stopped at {len(self.up)} of {self._total} "
+                                  f"apps: {len(self.failed)} failed, the last: {exc}")
+                return
+            self._add_up(app_id)
+            if self.after is not None:
+                self.after(app_id, began, time.time())
+
+        if folders:
+            with concurrent.futures.ThreadPoolExecutor(self.in_flight) as pool:
+                list(pool.map(one, folders))
+        return unsure
+
+    def _state(self, app_id: str) -> str:
+        """"running", or what else the kernel says of an app whose launch timed out:
+        "ended (<reason>)", "not known" (the call may never have reached it), "still
+        starting" or "unreadable" after ``settle`` s."""
+        from estarter.errors import EstarterError, NotFound
+
+        deadline = time.monotonic() + self.settle
+        state = "unreadable"
+        while True:
+            try:
+                info = self.rt.info(app_id)
+            except NotFound:
+                return "not known"
+            except EstarterError as exc:  # the info call timed out too, under load
+                state = f"unreadable ({type(exc).__name__})"
+            else:
+                if info.get("exit") is not None:
+                    return f"ended ({(info['exit'] or {}).get('reason')})"
+                if info.get("state") == "running":
+                    return "running"
+                state = f"still {info.get('state')}"
+            if time.monotonic() > deadline:
+                return state
+            time.sleep(1.0)
