@@ -76,7 +76,7 @@ import json
 from sdk import EStarterClient
 client = EStarterClient.connect()
 client.ui.notify("up", json.dumps([first_line, time.time()]))  # its one answered call
-time.sleep(600)
+time.sleep(3600)  # past the measurement: launching 300 apps here took over 10 minutes
 """
 
 # The window starts when the bench says so (a "go" file in the app's appdata, read
@@ -324,10 +324,14 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
             sup_uss, app_uss, profile = [], [], []
             ups = _ups(rt, wanted)
             missing: list[str] = []
+            ended: list[str] = []
             for app_id in ids:
                 watch.check()
                 try:
                     info = rt.info(app_id)
+                    if info.get("exit") is not None:
+                        ended.append(f"{app_id}: {info['exit']}")
+                        continue
                     host = info["host"]
                     pid = host["pid"]
                     sup = psutil.Process(pid).ppid()
@@ -347,6 +351,10 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
             if missing:
                 print(f"profile: {len(missing)} apps without timings or memory, e.g. "
                       f"{missing[0]}", flush=True)
+            if ended:  # the figures would be of fewer apps than they say
+                not_measured(f"{len(ended)} of {n} apps ended before their memory was "
+                             f"read, e.g. {ended[0]}")
+                return None
         except LowMemory as exc:
             not_measured(f"{exc}; {len(burst.up)} apps were up")
             return None

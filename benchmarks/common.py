@@ -69,10 +69,11 @@ class Burst:
     further launching and is kept in ``short``. ``after(app_id, began, returned)`` runs
     after every launch the kernel accepted. A launch that raises ApiTimeout (the
     driver's 120 s call) may still complete in the kernel: once the burst is done,
-    each such app's record is read (waiting up to ``settle`` s while it is starting)
-    and only the apps that are really not running (ended, or not known to the
-    kernel) are launched again, up to ``retries`` times; a relaunch that says Busy
-    is read again the same way.
+    each such app's record is read (waiting while it is starting, up to ``settle`` s
+    for them all) and only the apps that are really not running (ended, or not known
+    to the kernel) are launched again, up to ``retries`` times; a relaunch that says
+    Busy is read again the same way. Once launching stopped (``short``) a timed-out
+    app is neither read nor relaunched: it counts as failed, and is stopped at the end.
 
     ``tried`` is every app a launch was asked for, recorded before the call: stop
     those at the end (:meth:`stop_all`), whatever happened in between."""
@@ -106,12 +107,15 @@ class Burst:
         attempts = 0
         while unsure:
             again: list[Path] = []
+            deadline = time.monotonic() + self.settle  # for them all: read one by one
             for app_id in unsure:
-                state = self._state(app_id)
+                if self.short is not None:  # not relaunched: stopped at the end, unread
+                    self.failed[app_id] = "launch timed out; launches stopped since"
+                    continue
+                state = self._state(app_id, deadline)
                 if state == "running":
                     self._add_up(app_id)
-                elif (attempts >= self.retries or self.short is not None
-                      or not state.startswith(("ended", "not known"))):
+                elif attempts >= self.retries or not state.startswith(("ended", "not known")):
                     self.failed[app_id] = f"launch timed out ({self.timeouts} so far), then {state}"
                 else:
                     again.append(by_id[app_id])
@@ -183,16 +187,19 @@ class Burst:
 
         if folders:
             with concurrent.futures.ThreadPoolExecutor(self.in_flight) as pool:
-                list(pool.map(one, folders))
+                try:
+                    list(pool.map(one, folders))
+                except BaseException:  # ^C: the pool would go on with the queued ones
+                    self.short = self.short or "interrupted"
+                    raise
         return unsure
 
-    def _state(self, app_id: str) -> str:
+    def _state(self, app_id: str, deadline: float) -> str:
         """"running", or what else the kernel says of an app whose launch timed out:
         "ended (<reason>)", "not known" (the call may never have reached it), "still
-        starting" or "unreadable" after ``settle`` s."""
+        starting" or "unreadable" at ``deadline`` (time.monotonic)."""
         from estarter.errors import EstarterError, NotFound
 
-        deadline = time.monotonic() + self.settle
         state = "unreadable"
         while True:
             try:

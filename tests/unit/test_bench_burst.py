@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from benchmarks.common import Burst
 from estarter.errors import ApiTimeout, EstarterError, NotFound
@@ -18,6 +21,7 @@ class FakeRuntime:
         self.records: dict[str, dict[str, Any]] = {}
         self.launches: dict[str, int] = {}
         self.stopped: list[str] = []
+        self.reads: list[str] = []
 
     def launch(self, folder: Path) -> None:
         app_id = folder.name
@@ -36,6 +40,7 @@ class FakeRuntime:
         self.records[app_id] = {"state": "running", "exit": None}
 
     def info(self, app_id: str) -> dict[str, Any]:
+        self.reads.append(app_id)
         if app_id not in self.records:
             raise NotFound(f"app {app_id} is not known")
         return self.records[app_id]
@@ -97,3 +102,39 @@ def test_max_failed_stops_the_launching() -> None:
     assert burst.up == []
     assert burst.short is not None and "2 failed" in burst.short
     assert "ok-1" not in rt.launches
+
+
+def test_a_timeout_once_the_launching_stopped_is_not_read_nor_retried() -> None:
+    rt = FakeRuntime()
+    calls = []
+
+    def before() -> str | None:
+        calls.append(1)
+        return "memory short" if len(calls) > 2 else None
+
+    burst = Burst(rt, 1, before=before, settle=0.0, name="t")
+    burst.run(_folders("lost-1", "ok-1", "ok-2"))
+    assert burst.up == ["ok-1"]
+    assert list(burst.failed) == ["lost-1"]
+    assert rt.reads == [] and rt.launches == {"lost-1": 1, "ok-1": 1}
+    burst.stop_all()
+    assert sorted(rt.stopped) == ["lost-1", "ok-1"]
+
+
+def test_an_interrupt_stops_the_queued_launches() -> None:
+    rt = FakeRuntime()
+    calls = []
+
+    def before() -> str | None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        if len(calls) > 2:
+            time.sleep(0.5)  # the main thread takes the interrupt meanwhile
+        return None
+
+    burst = Burst(rt, 1, before=before, settle=0.0, name="t")
+    with pytest.raises(KeyboardInterrupt):
+        burst.run(_folders(*(f"ok-{i}" for i in range(6))))
+    assert burst.short == "interrupted"
+    assert len(rt.launches) <= 2  # the first, and at most the one begun meanwhile
