@@ -198,7 +198,7 @@ class Kernel:
             self.records.supervised(app_id, run_id, info["actorName"])
         self.lifecycle.seed(app_id)
         self.push_all("system.event", {"name": "app.launched", "data": {"appId": app_id}},
-                      but=app_id)
+                      but=app_id, need=self._app_events_permission())
 
     def app_exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
         """The app's final end (after its supervisor gave up restarting). Idempotent."""
@@ -223,7 +223,8 @@ class Kernel:
             self.ipc.drop(app_id)
             self.lifecycle.forget(app_id)
         rec.done.set()
-        self.push_all("system.event", {"name": "app.terminated", "data": {"appId": app_id}})
+        self.push_all("system.event", {"name": "app.terminated", "data": {"appId": app_id}},
+                      need=self._app_events_permission())
 
     def _relaunch_after_loss(self, app_id: str, run_id: int, info: ExitInfo,
                              exit_info: dict[str, Any]) -> bool:
@@ -563,10 +564,23 @@ class Kernel:
             sent = conn.notify(method, params) or sent
         return sent
 
-    def push_all(self, method: str, params: Any, but: str | None = None) -> None:
+    def push_all(self, method: str, params: Any, but: str | None = None,
+                 need: str | None = None) -> None:
+        """Notify every running app but ``but``; with ``need``, only those holding
+        that permission."""
         for app_id in self._running_ids():
-            if app_id != but:
-                self.push(app_id, method, params)
+            if app_id == but:
+                continue
+            if need is not None and need not in self.permissions.granted(app_id):
+                continue
+            self.push(app_id, method, params)
+
+    def _app_events_permission(self) -> str | None:
+        # app.launched / app.terminated tell which apps run: what process.list tells,
+        # so they go to the apps that may call it. Sent to every app, they leaked that
+        # to apps without the permission, and a burst of N launches made N^2/2 actor
+        # calls, each waking a supervisor and its app (issue 15's 100-app profile).
+        return self.router.lookup("process.list").permission
 
     def quota_of(self, app_id: str) -> int:
         """The app's diskQuotaMb in bytes: from its launch, else its installed manifest."""

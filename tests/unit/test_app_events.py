@@ -1,0 +1,104 @@
+"""Who hears of other apps starting and ending: the apps that may list processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estarter.kernel.core import Kernel
+from estarter.kernel.permissions import PermissionManager
+from estarter.paths import state_db
+from estarter.policy import SandboxPolicy
+
+
+class RecordingPort:
+    """A supervisor that keeps what the kernel pushed to its app."""
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[str, Any]] = []
+
+    def notify(self, method: str, params: Any) -> None:
+        self.pushed.append((method, params))
+
+    def stop(self, grace: float) -> dict[str, Any]:
+        return {"code": 0, "reason": "stopped", "detail": ""}
+
+    def info(self) -> dict[str, Any]:
+        return {"state": "running"}
+
+
+class RecordingSpawner:
+    def __init__(self) -> None:
+        self.ports: dict[str, RecordingPort] = {}
+
+    def spawn(self, policy: SandboxPolicy, run_id: int) -> RecordingPort:
+        self.ports[policy.app_id] = RecordingPort()
+        return self.ports[policy.app_id]
+
+
+def _app(root: Path, app_id: str, permissions: list[str]) -> Path:
+    folder = root / app_id
+    folder.mkdir(parents=True)
+    (folder / "app.py").write_text("print('hi')\n")
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": app_id, "runtime": "python", "entry": "app.py", "permissions": permissions}))
+    return folder
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[tuple[Kernel, RecordingSpawner]]:
+    home = tmp_path / "home"
+    spawner = RecordingSpawner()
+    k = Kernel(home, PermissionManager(state_db(home)), spawner, serve_socket=False)
+    try:
+        yield k, spawner
+    finally:
+        k.shutdown()
+        k.permissions.close()
+
+
+def _run(k: Kernel, folder: Path, grants: list[str] | None = None) -> str:
+    rec = k.launch(str(folder), grants=grants)
+    k.app_running(rec["appId"], rec["runId"], {"pid": 1, "node": "n"})
+    return str(rec["appId"])
+
+
+def _events(port: RecordingPort) -> list[tuple[str, str]]:
+    return [(p["name"], p["data"].get("appId", "")) for m, p in port.pushed
+            if m == "system.event"]
+
+
+def test_app_events_reach_only_apps_granted_system_info(kernel: Any, tmp_path: Path) -> None:
+    k, spawner = kernel
+    _run(k, _app(tmp_path, "watcher", ["system.info"]), grants=["system.info"])
+    _run(k, _app(tmp_path, "asked", ["system.info"]))  # requested, not granted
+    _run(k, _app(tmp_path, "blind", []))
+    newcomer = _run(k, _app(tmp_path, "newcomer", []))
+    k.stop(newcomer, 1.0)
+
+    assert _events(spawner.ports["watcher"]) == [
+        ("app.launched", "asked"), ("app.launched", "blind"),
+        ("app.launched", "newcomer"), ("app.terminated", "newcomer")]
+    assert _events(spawner.ports["asked"]) == []
+    assert _events(spawner.ports["blind"]) == []
+
+
+def test_a_grant_revoked_stops_the_app_events(kernel: Any, tmp_path: Path) -> None:
+    k, spawner = kernel
+    _run(k, _app(tmp_path, "watcher", ["system.info"]), grants=["system.info"])
+    _run(k, _app(tmp_path, "first", []))
+    k.permissions.revoke("watcher", ["system.info"])
+    _run(k, _app(tmp_path, "second", []))
+    assert _events(spawner.ports["watcher"]) == [("app.launched", "first")]
+
+
+def test_system_shutdown_still_reaches_every_app(kernel: Any, tmp_path: Path) -> None:
+    k, spawner = kernel
+    _run(k, _app(tmp_path, "blind", []))
+    k.system_shutdown()  # the fixture's shutdown after it is a no-op
+    assert ("system.event", {"name": "system.shutdown", "data": {}}) in \
+        spawner.ports["blind"].pushed
