@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from estarter import placement
-from estarter.errors import EstarterError, LaunchError, Unschedulable
+from estarter.errors import ApiTimeout, EstarterError, LaunchError, Unschedulable
 from estarter.hosting.applog import tail_file
 from estarter.hosting.base import ExitReason, lost
 from estarter.paths import log_file
@@ -250,6 +250,11 @@ class RaySpawner:
                 return ray_api.get(ready, timeout=60)
             if not room_before and not placement.fits(req, ray_api.available_resources()):
                 break  # pending for capacity, not merely slow to start
+        else:  # there was room all along: its worker did not start (an overloaded node)
+            raise ApiTimeout(
+                f"its supervisor's Ray worker did not start within "
+                f"{time.monotonic() - started:.0f} s (the node is overloaded)",
+                {"appId": policy.app_id})
         waited = time.monotonic() - started
         raise Unschedulable(
             f"{policy.app_id}: unschedulable: pending for {waited:.0f} s, no node has "

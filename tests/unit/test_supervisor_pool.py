@@ -82,3 +82,42 @@ def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
     assert fake.killed == [second.name]
     assert pool.take()[0] is first
     pool.close()
+
+
+# -- a supervisor that stays pending -------------------------------------------------
+
+
+def _pending(monkeypatch: pytest.MonkeyPatch, free: dict[str, float],
+             room_before: bool) -> Exception:
+    """The error of a launch whose supervisor never becomes ready."""
+    from types import SimpleNamespace
+
+    from actors.spawner import RaySpawner
+    from estarter.placement import ResourceRequest
+
+    monkeypatch.setattr(ray_api, "wait", lambda refs, timeout=None: ([], list(refs)))
+    monkeypatch.setattr(ray_api, "available_resources", lambda: dict(free))
+    spawner = SimpleNamespace(pending_timeout=0.0)
+    with pytest.raises(Exception) as raised:
+        RaySpawner._wait_placed(spawner, SimpleNamespace(app_id="slow"),  # type: ignore[arg-type]
+                                ResourceRequest(num_cpus=1.0), "ready-ref", room_before)
+    return raised.value
+
+
+def test_pending_for_capacity_is_unschedulable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from estarter.errors import Unschedulable
+
+    err = _pending(monkeypatch, free={"CPU": 0.0}, room_before=False)
+    assert isinstance(err, Unschedulable) and "cluster is full" in str(err)
+    assert err.data["pending"] is True
+
+
+def test_pending_with_room_is_a_worker_that_did_not_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from estarter.errors import ApiTimeout, Unschedulable
+
+    # Room before and now: the actor is placed but its worker has not started.
+    for room_before, free in ((True, {"CPU": 0.0}), (False, {"CPU": 2.0})):
+        err = _pending(monkeypatch, free=free, room_before=room_before)
+        assert isinstance(err, ApiTimeout) and not isinstance(err, Unschedulable)
+        assert "did not start" in str(err) and "full" not in str(err)
