@@ -7,7 +7,8 @@
      <= 1.3x (issue 15), with where the time of one launch goes (medians over the
      100: waiting for a launch slot, ``Runtime.launch`` in the kernel and the
      supervisor actor, spawn to the interpreter's first line, first line to the
-     answered call);
+     answered call) and the CPU the Ray session used until then, per app (both
+     sides are CPU-bound here, and the CPU varies less than the time on a shared host);
    - memory of it all (supervisors plus apps) vs 100 idle Ray actors.
    - opt-in (``ESTARTER_BENCH_300=1``): the same with 300 apps, memory <= 1.15x,
      5 launches in flight (16 made the last launches wait past the driver's 120 s
@@ -46,7 +47,7 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import Burst, tree_uss, uss, wait_until
+from benchmarks.common import Burst, TreeCpu, tree_uss, uss, wait_until
 from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
@@ -124,8 +125,9 @@ def _session_processes() -> list[int]:
 # -- raw Ray baselines ----------------------------------------------------------------
 
 
-def _idle_actors(n: int) -> tuple[float, list[int]]:
-    """Start ``n`` idle actors at once: (seconds until all answered, their USS)."""
+def _idle_actors(n: int) -> tuple[float, list[int], float]:
+    """Start ``n`` idle actors at once: (seconds until all answered, their USS, CPU
+    seconds the Ray session used meanwhile)."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -134,17 +136,19 @@ def _idle_actors(n: int) -> tuple[float, list[int]]:
             return os.getpid()
 
     free0 = _settled_memory()
+    cpu = TreeCpu()
     t0 = time.monotonic()
     actors = [Idle.remote() for _ in range(n)]  # type: ignore[attr-defined]
     pids = ray.get([a.pid.remote() for a in actors], timeout=600)
     elapsed = time.monotonic() - t0
+    used = cpu.seconds()
     time.sleep(1.0)  # let the workers settle after start-up, as for the apps
     print(f"{n} idle actors: MemAvailable {_gib(free0)} -> {_gib(_available())}: "
           f"{(free0 - _available()) / n / MIB:.1f} MiB per actor", flush=True)
     sizes = [uss(p) for p in pids]
     for a in actors:
         ray.kill(a)
-    return elapsed, [u for u in sizes if u]
+    return elapsed, [u for u in sizes if u], used
 
 
 def _raw_calls_per_second(n: int, shared: bool) -> float:
@@ -279,6 +283,7 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
     ids = [f"dense{apps}-{i:03d}" for i in range(apps)]
     folders = [write_app(root, app_id, DENSITY_APP) for app_id in ids]
     called: dict[str, tuple[float, float]] = {}
+    cpu = TreeCpu()
     t0 = time.monotonic()
     w0 = time.time()
 
@@ -323,6 +328,7 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
 
             _wait(all_up, 600 + 3 * n, f"{n} apps answering")
             ours_start = time.monotonic() - t0
+            ours_cpu = cpu.seconds()
             time.sleep(1.0)  # same settling as for the idle actors
             free1 = _available()
             drop = (free0 - free1) / n
@@ -372,7 +378,7 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
         not_measured(f"no app could be read, e.g. {missing[:1]}")
         return None
     measured = len(sup_uss)
-    base_start, idle_uss = _idle_actors(n)
+    base_start, idle_uss, base_cpu = _idle_actors(n)
     idle = statistics.median(idle_uss)
     total = (sum(sup_uss) + sum(app_uss)) / MIB
     if short:
@@ -389,6 +395,8 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
            / MIB, idle / MIB, 1.2, "MiB")
     report(f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
            ours_start, base_start, 1.3, "s")
+    report(f"  {APPS} apps: CPU the Ray session used until then, per app vs per idle actor",
+           ours_cpu / n, base_cpu / n, None, "CPU-s")
     steps = (f"waiting for a launch slot ({in_flight} launching at once)",
              "Runtime.launch: kernel, supervisor actor, cgroups, spawn",
              "spawn to first line: launcher, bwrap, interpreter",
