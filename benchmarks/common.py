@@ -188,9 +188,7 @@ class Burst:
                 return
             why = self.before() if self.before is not None else None
             if why is not None:
-                if self.short is None:
-                    self.short = f"launches stopped at {len(self.up)} of {self._total} apps: {why}"
-                    print(f"{self.name}: {self.short}", flush=True)
+                self._stop_launching(why)
                 return
             with self._lock:
                 self.tried.append(app_id)
@@ -209,9 +207,8 @@ class Burst:
                     self.failed[app_id] = f"{type(exc).__name__}: {exc}"
                     many = self.max_failed is not None and len(self.failed) >= self.max_failed
                 print(f"{self.name}: launch of {app_id} failed: {exc}", flush=True)
-                if many and self.short is None:
-                    self.short = (f"launches stopped at {len(self.up)} of {self._total} "
-                                  f"apps: {len(self.failed)} failed, the last: {exc}")
+                if many:
+                    self._stop_launching(f"{len(self.failed)} failed, the last: {exc}")
                 return
             self._add_up(app_id)
             if self.after is not None:
@@ -225,6 +222,12 @@ class Burst:
                     self.short = self.short or "interrupted"
                     raise
         return unsure
+
+    def _stop_launching(self, why: str) -> None:
+        """No launch after this one; the first reason is the one kept."""
+        if self.short is None:
+            self.short = f"launches stopped at {len(self.up)} of {self._total} apps: {why}"
+            print(f"{self.name}: {self.short}", flush=True)
 
     def _state(self, app_id: str, deadline: float) -> str:
         """"running", or what else the kernel says of an app whose launch timed out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +81,20 @@ def test_retries_are_bounded() -> None:
     assert burst.timeouts == 6  # the first launch and two retries each
 
 
-def test_before_stops_the_launching_and_says_why() -> None:
-    rt = FakeRuntime()
+def _short_after(n: int) -> Callable[[], str | None]:
+    """A ``before`` that lets ``n`` launches through, then says memory is short."""
     calls = []
 
     def before() -> str | None:
         calls.append(1)
-        return "memory short" if len(calls) > 2 else None
+        return "memory short" if len(calls) > n else None
 
-    burst = Burst(rt, 1, before=before, settle=0.0, name="t")
+    return before
+
+
+def test_before_stops_the_launching_and_says_why() -> None:
+    rt = FakeRuntime()
+    burst = Burst(rt, 1, before=_short_after(2), settle=0.0, name="t")
     burst.run(_folders(*(f"ok-{i}" for i in range(6))))
     assert burst.up == ["ok-0", "ok-1"]
     assert burst.short == "launches stopped at 2 of 6 apps: memory short"
@@ -106,13 +112,7 @@ def test_max_failed_stops_the_launching() -> None:
 
 def test_a_timeout_once_the_launching_stopped_is_not_read_nor_retried() -> None:
     rt = FakeRuntime()
-    calls = []
-
-    def before() -> str | None:
-        calls.append(1)
-        return "memory short" if len(calls) > 2 else None
-
-    burst = Burst(rt, 1, before=before, settle=0.0, name="t")
+    burst = Burst(rt, 1, before=_short_after(2), settle=0.0, name="t")
     burst.run(_folders("lost-1", "ok-1", "ok-2"))
     assert burst.up == ["ok-1"]
     assert list(burst.failed) == ["lost-1"]
