@@ -62,6 +62,9 @@ class AppRow:
                 "updatedAt": self.updated_at}
 
 
+_LAUNCHED = "INSERT OR REPLACE INTO app_records VALUES (?,?,?,1,NULL,?,?,NULL,?)"
+
+
 class AppRecords:
     """Thread-safe; each change is one committed transaction. ``close`` is idempotent."""
 
@@ -74,6 +77,14 @@ class AppRecords:
 
     def next_run_id(self) -> int:
         """A run id never handed out before in this home (survives restarts)."""
+        return self._new_run(None)
+
+    def begin_run(self, app_id: str, ref: str, restart: str) -> int:
+        """``next_run_id`` and ``launched`` in one commit: a launch waits for one
+        synchronous write, not two (each about a millisecond here; issue 15)."""
+        return self._new_run((app_id, ref, restart))
+
+    def _new_run(self, launch: tuple[str, str, str] | None) -> int:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -83,6 +94,10 @@ class AppRecords:
                 value = max(row[0] if row else 0, top[0] or 0) + 1
                 self._db.execute("INSERT OR REPLACE INTO counters VALUES ('run_id', ?)",
                                  (value,))
+                if launch is not None:
+                    app_id, ref, restart = launch
+                    self._db.execute(_LAUNCHED, (app_id, value, ref, restart, "starting",
+                                                 self._clock()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -91,8 +106,7 @@ class AppRecords:
 
     def launched(self, app_id: str, run_id: int, ref: str, restart: str) -> None:
         """A launch began: the app is wanted, its supervisor not known yet."""
-        self._write("INSERT OR REPLACE INTO app_records VALUES (?,?,?,1,NULL,?,?,NULL,?)",
-                    (app_id, run_id, ref, restart, "starting", self._clock()))
+        self._write(_LAUNCHED, (app_id, run_id, ref, restart, "starting", self._clock()))
 
     def supervised(self, app_id: str, run_id: int, supervisor: str | None,
                    state: str = "running") -> None:

@@ -303,14 +303,13 @@ class Kernel:
             current = self._apps.get(app_id)
             if current is not None and current.exit is None:
                 raise Busy(f"app {app_id} is already running", {"appId": app_id})
-            run_id = self.records.next_run_id() if self.records else next(self._run_ids)
+            run_id = (self.records.begin_run(app_id, ref, policy.restart.value)
+                      if self.records else next(self._run_ids))
             rec = AppRecord(app_id, run_id, policy, self.clock(), ref)
             rec.pin = self._pin(policy.app_dir)
             self._apps[app_id] = rec
             self._quotas[app_id] = policy.disk_quota_bytes
         self.vfs.set_quota(app_id, policy.disk_quota_bytes)
-        if self.records is not None:
-            self.records.launched(app_id, run_id, ref, policy.restart.value)
         spawn: Any = self.spawner.spawn  # ``node=`` is not part of the Spawner protocol
         try:
             rec.supervisor = (spawn(policy, rec.run_id) if node is None

@@ -178,6 +178,18 @@ def test_records_survive_reopening_and_run_ids_never_repeat(tmp_path: Path) -> N
     again.close()  # idempotent
 
 
+def test_begin_run_records_the_launch_with_a_new_run_id(tmp_path: Path) -> None:
+    records = AppRecords(kernel_db(tmp_path))
+    a = records.next_run_id()
+    b = records.begin_run("x", "/apps/x", "on-failure")
+    row = records.get("x")
+    assert b > a and row is not None
+    assert (row.run_id, row.ref, row.wanted, row.restart, row.state) == (
+        b, "/apps/x", True, "on-failure", "starting")
+    assert records.next_run_id() > b  # the run id it handed out is never handed out again
+    records.close()
+
+
 # -- recovery ----------------------------------------------------------------------
 
 
