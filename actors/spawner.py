@@ -45,6 +45,8 @@ PENDING_SECONDS = float(os.environ.get("ESTARTER_PENDING_SECONDS", "30"))
 # A pending actor that would fit the free capacity is only slow to start (worker
 # start-up under load); it may take this many pending periods before we give up.
 SLOW_START_PERIODS = 4
+# How old a view of the live nodes a launch may place by (RaySpawner._live_nodes).
+NODES_FRESH_SECONDS = 1.0
 # A dead supervisor's node may still look alive for a while when Ray's error does
 # not say why it died: the GCS marks a node dead only after its health checks fail
 # (about 30 s by default). Ask again for this long before calling it ``supervisor_lost``.
@@ -164,8 +166,9 @@ class RaySpawner:
         self.storage: dict[str, Any] | None = None
         self.on_running: RunningCallback | None = None
         self.on_exited: ExitedCallback | None = None
-        self.pool = SupervisorPool(pool_size, self._pool_options)
         self._lock = threading.Lock()
+        self._nodes_seen: tuple[float, list[NodeView]] = (-NODES_FRESH_SECONDS, [])
+        self.pool = SupervisorPool(pool_size, self._pool_options)
         # wait() ref -> (app id, run id, port, node id, dedicated)
         self._watched: dict[Any, tuple[str, int, RaySupervisorPort, str, bool]] = {}
         self._wake = threading.Event()
@@ -176,8 +179,9 @@ class RaySpawner:
     # -- placement -------------------------------------------------------------
 
     def request(self, policy: SandboxPolicy, node: str | None = None) -> ResourceRequest:
-        """What this app asks of the cluster; Unschedulable if no live node could hold it."""
-        nodes = _nodes()
+        """What this app asks of the cluster; Unschedulable if no live node could hold it.
+        A refusal is always decided on a fresh view of the nodes."""
+        nodes = self._live_nodes(fresh=node is not None)
         node_id = None
         if node is not None:
             node_id = placement.resolve_node(node, nodes)
@@ -187,11 +191,29 @@ class RaySpawner:
                                     {"appId": policy.app_id, "node": node})
         req = placement.request_for(policy, slots=placement.has_slots(nodes), node_id=node_id)
         why = placement.unfit_reason(req, nodes)
+        if why is not None and node is None:
+            nodes = self._live_nodes(fresh=True)
+            req = placement.request_for(policy, slots=placement.has_slots(nodes))
+            why = placement.unfit_reason(req, nodes)
         if why is not None:
             raise Unschedulable(f"{policy.app_id}: unschedulable: {why}",
                                 {"appId": policy.app_id, "request": req.ray_resources(),
                                  "pending": False})
         return req
+
+    def _live_nodes(self, fresh: bool = False) -> list[NodeView]:
+        """The live nodes as Ray saw them at most NODES_FRESH_SECONDS ago (``fresh``:
+        now). Asking the GCS at every launch cost 1-2 ms of the launch and GCS CPU in a
+        burst. A view that old can only wrongly hold a node that died since, the race
+        a launch always had: the actor then waits for room (``_wait_placed``)."""
+        with self._lock:
+            seen, nodes = self._nodes_seen
+            if not fresh and time.monotonic() - seen < NODES_FRESH_SECONDS:
+                return nodes
+        nodes = _nodes()
+        with self._lock:
+            self._nodes_seen = (time.monotonic(), nodes)
+        return nodes
 
     # -- logs ------------------------------------------------------------------
 
@@ -214,11 +236,16 @@ class RaySpawner:
     def spawn(self, policy: SandboxPolicy, run_id: int,
               node: str | None = None) -> RaySupervisorPort:
         req = self.request(policy, node)
+        opts = _options(req)
         # Whether the cluster had room before our actor asked for it: once Ray has
         # placed it, the actor holds its resources while its worker starts (seconds
         # on a loaded node), and "no room now" no longer tells "full" from "slow".
-        room_before = placement.fits(req, ray_api.available_resources())
-        handle, ready, dedicated = self.pool.take(_options(req))
+        # A warm pooled supervisor is placed and started already: no question to ask.
+        room_before = placement.fits(req, ray_api.available_resources()) if opts else None
+        handle, ready, dedicated = self.pool.take(opts)
+        if room_before is None:
+            room_before = bool(ray_api.wait([ready], timeout=0)[0]) or placement.fits(
+                req, ray_api.available_resources())
         try:
             if self._wait_placed(policy, req, ready, room_before) is False:
                 # A pooled supervisor refused its reset (it still runs an app).
@@ -262,7 +289,7 @@ class RaySpawner:
             {"appId": policy.app_id, "request": req.ray_resources(), "pending": True})
 
     def _pool_options(self) -> dict[str, Any]:
-        if placement.has_slots(_nodes()):
+        if placement.has_slots(self._live_nodes()):
             return {"resources": {placement.APP_SLOT: 1.0}}
         return {}
 

@@ -4,6 +4,7 @@ and how the spawner tells a lost node from a lost supervisor. No Ray."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,62 @@ def test_lost_reason_waits_for_the_gcs_within_grace() -> None:
     assert lost_reason("n", "gone", lambda n: True, 10, clock,
                        clock.sleep) is ExitReason.SUPERVISOR_LOST
     assert clock.now == pytest.approx(10.0)
+
+
+# -- the spawner's view of the nodes ---------------------------------------------------
+
+
+class _Nodes:
+    """``actors.spawner._nodes`` that counts its questions to Ray."""
+
+    def __init__(self, views: list[list[NodeView]]) -> None:
+        self.views, self.asked = views, 0
+
+    def __call__(self) -> list[NodeView]:
+        self.asked += 1
+        return self.views[min(self.asked, len(self.views)) - 1]
+
+
+def _spawner(monkeypatch: pytest.MonkeyPatch, views: list[list[NodeView]]) -> tuple[Any, _Nodes]:
+    import threading
+
+    from actors import spawner
+
+    nodes = _Nodes(views)
+    monkeypatch.setattr(spawner, "_nodes", nodes)
+    sp = spawner.RaySpawner.__new__(spawner.RaySpawner)  # no Ray: only the node view
+    sp._lock = threading.Lock()
+    sp._nodes_seen = (-spawner.NODES_FRESH_SECONDS, [])
+    return sp, nodes
+
+
+def test_launches_place_by_a_recent_view_and_refuse_only_on_a_fresh_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from estarter.errors import Unschedulable
+
+    sp, nodes = _spawner(monkeypatch, [NODES])
+    sp.request(policy(cpu=100))
+    sp.request(policy(cpu=100))
+    assert nodes.asked == 1  # the second launch placed by the view of the first
+    with pytest.raises(Unschedulable, match="CPU"):
+        sp.request(policy(cpu=400))  # fits no node: asked again before refusing
+    assert nodes.asked == 2
+
+
+def test_a_node_that_joined_since_the_view_is_seen_before_a_refusal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    big = NodeView("cccccccc4444", "10.0.0.3", {"CPU": 8.0, "memory": 8.0 * GIB, APP_SLOT: 4.0})
+    sp, nodes = _spawner(monkeypatch, [NODES, [*NODES, big]])
+    sp.request(policy())
+    req = sp.request(policy(cpu=400))  # the cached view has no node for it; the fresh one has
+    assert req.num_cpus == 4.0 and nodes.asked == 2
+
+
+def test_a_launch_pinned_to_a_node_asks_ray_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from estarter.errors import Unschedulable
+
+    sp, nodes = _spawner(monkeypatch, [NODES, NODES[:1]])  # then bbbbbbbb2222 dies
+    sp.request(policy(), node="aaaaaaaa1111")
+    with pytest.raises(Unschedulable, match="names no live node"):
+        sp.request(policy(), node="bbbbbbbb2222")  # it died: the fresh view knows
+    assert nodes.asked == 2
