@@ -209,16 +209,12 @@ def cgroup_join_cost(samples: int = 7) -> tuple[float, float] | None:
     (after 100 ms without a move) and warm (right after one); None where this
     process cannot write its cgroup (no cgroups, not root)."""
     from estarter.hosting.limits import detect
+    from estarter.hosting.limits.cgroupfs import own_cgroup
 
     facts = detect(probe_sandbox=False)
     mount, controller = ((facts.v2_root, "") if facts.v2_root is not None
                          else (facts.v1_mounts.get("pids"), "pids"))
-    own = None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        if mount is not None and (ctrls == controller or controller in ctrls.split(",")):
-            own = mount / path.lstrip("/")
-            break
+    own = own_cgroup(mount, controller) if mount is not None else None
     if own is None or not own.is_dir():
         return None
     procs, pid = own / "cgroup.procs", str(os.getpid())

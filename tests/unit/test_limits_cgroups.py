@@ -189,3 +189,66 @@ def test_a_busy_cgroup_is_removed_in_the_background(tmp_path: Path,
     left: list[list[Path]] = []
     cgroupfs.remove_later([busy], timeout=30, on_done=left.append).join(30)
     assert left == [[]] and not busy.exists()
+
+
+def test_own_cgroup_reads_this_process_line_of_its_hierarchy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = "12:pids:/user.slice/a\n4:cpu,cpuacct:/b\n0::/c\n"
+    real_read = cgroupfs.read
+    monkeypatch.setattr(cgroupfs, "read", lambda p: listing if str(p) == "/proc/self/cgroup"
+                        else real_read(p))
+    assert cgroupfs.own_cgroup(tmp_path, "pids") == tmp_path / "user.slice/a"
+    assert cgroupfs.own_cgroup(tmp_path, "cpuacct") == tmp_path / "b"
+    assert cgroupfs.own_cgroup(tmp_path) == tmp_path / "c"  # v2: the unnamed line
+    assert cgroupfs.own_cgroup(tmp_path, "memory") is None
+
+
+def _prime_threads() -> list[Any]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "estarter-prime-join"]
+
+
+def test_prime_join_moves_a_short_thread_into_its_own_cgroup(tmp_path: Path) -> None:
+    import threading
+
+    tasks = tmp_path / "tasks"
+    tasks.write_text("")
+    cgroupfs.prime_join(tasks, tid=True)
+    for t in _prime_threads():
+        t.join(timeout=30)
+    written = int(tasks.read_text())
+    assert written != threading.get_native_id()  # the priming thread's id, not ours
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    cgroupfs.prime_join(procs, tid=False)
+    for t in _prime_threads():
+        t.join(timeout=30)
+    assert procs.read_text() == str(os.getpid())
+
+
+def test_prime_join_creates_nothing_where_no_cgroup_file_is(tmp_path: Path) -> None:
+    cgroupfs.prime_join(tmp_path / "tasks", tid=True)  # not a cgroup: nothing to write
+    cgroupfs.prime_join(None, tid=True)
+    for t in _prime_threads():
+        t.join(timeout=30)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_later_sweeps_on_a_thread_once_per_period(tmp_path: Path) -> None:
+    import threading
+
+    parent = tmp_path / "estarter"
+    old = parent / "a-1-x"
+    old.mkdir(parents=True)
+    past = time.time() - 2 * cgroupfs.STALE_SECONDS
+    os.utime(old, (past, past))
+    cgroupfs.sweep_stale_later([parent])
+    for t in [t for t in threading.enumerate() if t.name == "estarter-sweep-cgroups"]:
+        t.join(timeout=30)
+    assert not old.exists()
+    old.mkdir()
+    os.utime(old, (past, past))
+    cgroupfs.sweep_stale_later([parent])  # swept a moment ago: not again yet
+    assert not [t for t in threading.enumerate() if t.name == "estarter-sweep-cgroups"]
+    assert old.exists()

@@ -21,7 +21,7 @@ from ..base import HostContext
 from .app import AppLimits
 from .cgroup_v1 import CgroupsV1
 from .cgroup_v2 import CgroupsV2
-from .cgroupfs import Cgroups, sweep_stale
+from .cgroupfs import Cgroups, sweep_stale_later
 from .detect import CGROUP_ROOT, HostFacts, detect, host_capabilities
 from .plan import LaunchPlan
 
@@ -53,7 +53,7 @@ def prepare(
     elif chosen == "cgroup-v1" and facts.v1_mounts:
         cgroups = CgroupsV1(facts.v1_mounts, leaf)
     if cgroups is not None:
-        sweep_stale(cgroups.parents())
+        sweep_stale_later(cgroups.parents())
     return AppLimits(policy, ctx, facts, cgroups, run_as=run_as)
 
 

@@ -93,6 +93,7 @@ class AppLimits:
         out.ok("session: setsid, PDEATHSIG=SIGKILL, no_new_privs")
         handled: set[str] = set()
         if self.cgroups is not None:
+            self.cgroups.prime()  # first: the rest of the launch overlaps its wait
             try:
                 self.cgroups.create()
             except OSError as exc:

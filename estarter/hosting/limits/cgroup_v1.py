@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ...policy import SandboxPolicy
-from .cgroupfs import ESTARTER, Cgroups, keyed, read_int, write
+from .cgroupfs import ESTARTER, Cgroups, keyed, own_cgroup, prime_join, read_int, write
 from .plan import Outcome
 
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
@@ -58,6 +58,11 @@ class CgroupsV1(Cgroups):
             self.dirs.append(d)
             self.by_controller[name] = d
         self.weigh_cpu_parent()
+
+    def prime(self) -> None:
+        name, mount = next(iter(self.mounts.items()))
+        own = own_cgroup(mount, name)
+        prime_join(own / "tasks" if own is not None else None, tid=True)
 
     def remove(self) -> list[Path]:
         left = super().remove()

@@ -10,7 +10,16 @@ import contextlib
 from pathlib import Path
 
 from ...policy import SandboxPolicy
-from .cgroupfs import ESTARTER, Cgroups, keyed, kill_all, read, write
+from .cgroupfs import (
+    ESTARTER,
+    Cgroups,
+    keyed,
+    kill_all,
+    own_cgroup,
+    prime_join,
+    read,
+    write,
+)
 from .plan import Outcome
 
 WANTED = ("memory", "pids", "cpu")
@@ -35,6 +44,10 @@ class CgroupsV2(Cgroups):
 
     def parents(self) -> list[Path]:
         return [self.root / ESTARTER]
+
+    def prime(self) -> None:
+        own = own_cgroup(self.root)
+        prime_join(own / "cgroup.procs" if own is not None else None, tid=False)
 
     def create(self) -> None:
         parent = self.root / ESTARTER

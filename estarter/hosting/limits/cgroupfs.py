@@ -167,6 +167,61 @@ def sweep_stale(parents: Iterable[Path], now: float | None = None) -> list[Path]
     return removed
 
 
+def own_cgroup(mount: Path, controller: str = "") -> Path | None:
+    """This process's cgroup in the hierarchy mounted at ``mount``: a v1 hierarchy
+    holding ``controller``, or (``controller`` "") the v2 one. None if not listed."""
+    try:
+        lines = read(Path("/proc/self/cgroup")).splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if ctrls == controller or controller in ctrls.split(","):
+            return mount / path.lstrip("/")
+    return None
+
+
+def prime_join(procs_file: Path | None, tid: bool) -> None:
+    """Start a no-op move into ``procs_file``'s cgroup (where we are), on a thread
+    that ends with it: the launcher's join a few milliseconds later is then cheap.
+
+    Any move into a cgroup takes the kernel's cgroup-wide threadgroup lock for
+    writing; when no move happened just before, that waits an RCU grace period
+    (6-28 ms here, measured by ``bench_native``). A move that starts while another
+    waits shares its grace period, and one right after finds it passed: measured
+    here, a child's join fell from 9.2 ms to 2.3 ms (median of 10) with this move
+    started 5 ms before it. v1 writes the thread's own id into ``tasks`` (only
+    that thread moves); v2 the pid into ``cgroup.procs``. Errors are ignored: the
+    launcher's join is what enforces the limits, and it reports its own."""
+    if procs_file is None:
+        return
+
+    def move() -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(procs_file, os.O_WRONLY)  # no O_CREAT: a cgroup file or nothing
+            try:
+                os.write(fd, str(threading.get_native_id() if tid else os.getpid()).encode())
+            finally:
+                os.close(fd)
+
+    threading.Thread(target=move, name="estarter-prime-join", daemon=True).start()
+
+
+_swept: dict[tuple[Path, ...], float] = {}  # parents -> when this process last swept them
+
+
+def sweep_stale_later(parents: Iterable[Path]) -> None:
+    """``sweep_stale`` on a thread of its own, at most once per STALE_SECONDS per
+    process: it reads every estarter cgroup of the node, which in a burst of launches
+    is a cost that grows with the apps already running, and no launch needs it done."""
+    key, now = tuple(parents), time.monotonic()
+    if now - _swept.get(key, -STALE_SECONDS) < STALE_SECONDS:
+        return
+    _swept[key] = now
+    threading.Thread(target=sweep_stale, args=(key,), name="estarter-sweep-cgroups",
+                     daemon=True).start()
+
+
 class Cgroups:
     """One app's cgroups. Subclasses know the file names of their cgroup version."""
 
@@ -182,6 +237,10 @@ class Cgroups:
         raise NotImplementedError
 
     def create(self) -> None:
+        raise NotImplementedError
+
+    def prime(self) -> None:
+        """Make the launcher's coming join into these cgroups cheap (``prime_join``)."""
         raise NotImplementedError
 
     def apply(self, policy: SandboxPolicy, out: Outcome) -> set[str]:
