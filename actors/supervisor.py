@@ -137,6 +137,15 @@ class SupervisorShell:
     def ready(self) -> str:
         return self.node_id
 
+    def prime(self) -> None:
+        """A launch is on its way to this warm supervisor (``SupervisorPool.wake``):
+        wake this worker and start the no-op cgroup move that makes the app's cgroup
+        join cheap (``limits.prime_cgroup_join``), while the kernel still works on it."""
+        from estarter.hosting.limits import prime_cgroup_join
+
+        if self.sup is None:
+            prime_cgroup_join()
+
     def start(self, policy: SandboxPolicy, run_id: int, home: str,
               rules: RestartRules | None = None,
               storage: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -62,6 +62,11 @@ class LocalSpawner:
         self.port: LocalKernelPort | None = None
         self.supervisors: list[Supervisor] = []
 
+    def expect_launch(self) -> None:
+        from .hosting.limits import prime_cgroup_join
+
+        prime_cgroup_join()
+
     def spawn(self, policy: SandboxPolicy, run_id: int) -> Supervisor:
         assert self.port is not None
         sup = Supervisor(policy, run_id, self.port, self.home, node="local",

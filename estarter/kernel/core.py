@@ -280,6 +280,10 @@ class Kernel:
             raise EstarterError("this kernel cannot launch apps (no spawner)")
         if node is not None and not getattr(self.spawner, "places_apps", False):
             raise NotSupported("node affinity needs a Ray runtime", {"node": node})
+        # Optional: a spawner that gets ready while the app is resolved and recorded.
+        expect = getattr(self.spawner, "expect_launch", None)
+        if expect is not None:
+            expect()
         self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
         if manifest.runtime is RuntimeKind.DOTNET:

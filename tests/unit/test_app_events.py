@@ -102,3 +102,28 @@ def test_system_shutdown_still_reaches_every_app(kernel: Any, tmp_path: Path) ->
     k.system_shutdown()  # the fixture's shutdown after it is a no-op
     assert ("system.event", {"name": "system.shutdown", "data": {}}) in \
         spawner.ports["blind"].pushed
+
+
+def test_a_spawner_that_can_get_ready_hears_of_a_launch_before_it_is_resolved(
+        tmp_path: Path) -> None:
+    from estarter.errors import EstarterError
+
+    class ExpectingSpawner(RecordingSpawner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.expected: list[int] = []  # how many apps had been spawned at each
+
+        def expect_launch(self) -> None:
+            self.expected.append(len(self.ports))
+
+    home = tmp_path / "home"
+    spawner = ExpectingSpawner()
+    k = Kernel(home, PermissionManager(state_db(home)), spawner, serve_socket=False)
+    try:
+        k.launch(str(_app(tmp_path, "one", [])))
+        with pytest.raises(EstarterError):
+            k.launch(str(tmp_path / "no-such-app"))
+        assert spawner.expected == [0, 1] and list(spawner.ports) == ["one"]
+    finally:
+        k.shutdown()
+        k.permissions.close()

@@ -19,8 +19,8 @@ from pathlib import Path
 from ...policy import SandboxPolicy
 from ..base import HostContext
 from .app import AppLimits
-from .cgroup_v1 import CgroupsV1
-from .cgroup_v2 import CgroupsV2
+from .cgroup_v1 import CgroupsV1, prime_v1
+from .cgroup_v2 import CgroupsV2, prime_v2
 from .cgroupfs import Cgroups, sweep_stale_later
 from .detect import CGROUP_ROOT, HostFacts, detect, host_capabilities
 from .plan import LaunchPlan
@@ -57,6 +57,17 @@ def prepare(
     return AppLimits(policy, ctx, facts, cgroups, run_as=run_as)
 
 
+def prime_cgroup_join(cgroup_root: Path | None = None) -> None:
+    """A launch is coming to this node: start the no-op cgroup move of
+    ``cgroupfs.prime_join`` now, so that its wait is over by the time the app's
+    cgroups are made and joined (a supervisor gets this before its ``start``)."""
+    facts = detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False)
+    if facts.v2_root is not None:
+        prime_v2(facts.v2_root)
+    elif facts.v1_mounts:
+        prime_v1(facts.v1_mounts)
+
+
 __all__ = [
     "AppLimits",
     "HostFacts",
@@ -64,4 +75,5 @@ __all__ = [
     "detect",
     "host_capabilities",
     "prepare",
+    "prime_cgroup_join",
 ]

@@ -93,7 +93,6 @@ class AppLimits:
         out.ok("session: setsid, PDEATHSIG=SIGKILL, no_new_privs")
         handled: set[str] = set()
         if self.cgroups is not None:
-            self.cgroups.prime()  # first: the rest of the launch overlaps its wait
             try:
                 self.cgroups.create()
             except OSError as exc:
@@ -101,6 +100,9 @@ class AppLimits:
                 self.cgroups = None
                 out.missing(f"cgroups ({exc})")
         if self.cgroups is not None:
+            # After the mkdirs: a move holds the cgroup mutex through its wait, and a
+            # mkdir needs it. The rest of the plan and the spawn overlap the wait.
+            self.cgroups.prime()
             handled = self.cgroups.apply(policy, out)
             spec["cgroup_procs"] = self.cgroups.join_files()
         app_is_root = (self.run_as[0] if self.run_as else os.geteuid()) == 0

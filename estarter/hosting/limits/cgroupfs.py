@@ -188,11 +188,12 @@ def prime_join(procs_file: Path | None, tid: bool) -> None:
     Any move into a cgroup takes the kernel's cgroup-wide threadgroup lock for
     writing; when no move happened just before, that waits an RCU grace period
     (6-28 ms here, measured by ``bench_native``). A move that starts while another
-    waits shares its grace period, and one right after finds it passed: measured
-    here, a child's join fell from 9.2 ms to 2.3 ms (median of 10) with this move
-    started 5 ms before it. v1 writes the thread's own id into ``tasks`` (only
-    that thread moves); v2 the pid into ``cgroup.procs``. Errors are ignored: the
-    launcher's join is what enforces the limits, and it reports its own."""
+    waits shares its grace period, and one within about a grace period after finds
+    it passed: measured here, a child's join fell from 9.2 ms to 2.3 ms (median of
+    10) with this move started 5 ms before it. The move holds the cgroup mutex
+    while it waits, so a mkdir of a cgroup waits with it. v1 writes the thread's own
+    id into ``tasks`` (only that thread moves); v2 the pid into ``cgroup.procs``.
+    Errors are ignored: the launcher's join is what enforces the limits."""
     if procs_file is None:
         return
 
