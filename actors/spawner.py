@@ -133,15 +133,15 @@ class SupervisorPool:
             return pair[0], pair[1], False
         return self.fresh()
 
-    def wake(self) -> None:
-        """Tell the next idle supervisor that a launch is coming (``prime``): an idle
-        worker's first call took 3-9 ms more here than the next one (the first task
-        after 0.1-1 s idle, one way), and the app's cgroup join waits a grace period
-        that can pass meanwhile. Fire and forget; another launch may take it first."""
+    def wake(self, app_id: str | None) -> None:
+        """Tell the next idle supervisor that a launch of ``app_id`` is coming
+        (``SupervisorShell.expect``): an idle worker's first task after 0.1-1 s idle
+        arrived 3-9 ms later here than the next one, and a process app's cgroups can
+        be made meanwhile. Fire and forget; another launch may take it first."""
         with self._lock:
             head = self._idle[0][0] if self._idle else None
         if head is not None:
-            ray_api.tell(head.prime)
+            ray_api.tell(head.expect, app_id)
 
     def fresh(self) -> tuple[Any, Any, bool]:
         """A new pool-kind supervisor, for when no idle one is at hand."""
@@ -243,9 +243,9 @@ class RaySpawner:
 
     # -- spawning --------------------------------------------------------------
 
-    def expect_launch(self) -> None:
-        """Called as a launch begins, before the kernel resolves the app."""
-        self.pool.wake()
+    def expect_launch(self, app_id: str | None) -> None:
+        """A launch of ``app_id`` (a process app; None: wasm) is being checked."""
+        self.pool.wake(app_id)
 
     def spawn(self, policy: SandboxPolicy, run_id: int,
               node: str | None = None) -> RaySupervisorPort:

@@ -137,14 +137,14 @@ class SupervisorShell:
     def ready(self) -> str:
         return self.node_id
 
-    def prime(self) -> None:
-        """A launch is on its way to this warm supervisor (``SupervisorPool.wake``):
-        wake this worker and start the no-op cgroup move that makes the app's cgroup
-        join cheap (``limits.prime_cgroup_join``), while the kernel still works on it."""
-        from estarter.hosting.limits import prime_cgroup_join
+    def expect(self, app_id: str | None) -> None:
+        """A launch of ``app_id`` is on its way to this warm supervisor
+        (``SupervisorPool.wake``): this wakes the worker, and makes a process app's
+        cgroups while the kernel still checks and records it (``limits.premade``)."""
+        from estarter.hosting import limits
 
-        if self.sup is None:
-            prime_cgroup_join()
+        if self.sup is None and app_id is not None:
+            limits.expect_launch(app_id)
 
     def start(self, policy: SandboxPolicy, run_id: int, home: str,
               rules: RestartRules | None = None,

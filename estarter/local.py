@@ -62,10 +62,12 @@ class LocalSpawner:
         self.port: LocalKernelPort | None = None
         self.supervisors: list[Supervisor] = []
 
-    def expect_launch(self) -> None:
-        from .hosting.limits import prime_cgroup_join
+    def expect_launch(self, app_id: str | None) -> None:
+        """A launch of ``app_id`` (a process app; None: wasm) is being checked."""
+        from .hosting import limits
 
-        prime_cgroup_join()
+        if app_id is not None:
+            limits.expect_launch(app_id)
 
     def spawn(self, policy: SandboxPolicy, run_id: int) -> Supervisor:
         assert self.port is not None

@@ -280,12 +280,13 @@ class Kernel:
             raise EstarterError("this kernel cannot launch apps (no spawner)")
         if node is not None and not getattr(self.spawner, "places_apps", False):
             raise NotSupported("node affinity needs a Ray runtime", {"node": node})
-        # Optional: a spawner that gets ready while the app is resolved and recorded.
-        expect = getattr(self.spawner, "expect_launch", None)
-        if expect is not None:
-            expect()
         self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
+        # Optional: a spawner that gets ready while the launch is checked and recorded
+        # (a process app's cgroups made ahead: limits.premade).
+        expect = getattr(self.spawner, "expect_launch", None)
+        if expect is not None:
+            expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
         if manifest.runtime is RuntimeKind.DOTNET:
             dotnet_app.require()  # here, before any grant or record: a clear refusal
         app_id = manifest.id

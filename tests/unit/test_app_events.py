@@ -104,17 +104,17 @@ def test_system_shutdown_still_reaches_every_app(kernel: Any, tmp_path: Path) ->
         spawner.ports["blind"].pushed
 
 
-def test_a_spawner_that_can_get_ready_hears_of_a_launch_before_it_is_resolved(
+def test_a_spawner_that_can_get_ready_hears_of_a_launch_once_it_is_resolved(
         tmp_path: Path) -> None:
     from estarter.errors import EstarterError
 
     class ExpectingSpawner(RecordingSpawner):
         def __init__(self) -> None:
             super().__init__()
-            self.expected: list[int] = []  # how many apps had been spawned at each
+            self.expected: list[tuple[str | None, int]] = []  # (app, apps spawned then)
 
-        def expect_launch(self) -> None:
-            self.expected.append(len(self.ports))
+        def expect_launch(self, app_id: str | None) -> None:
+            self.expected.append((app_id, len(self.ports)))
 
     home = tmp_path / "home"
     spawner = ExpectingSpawner()
@@ -123,7 +123,7 @@ def test_a_spawner_that_can_get_ready_hears_of_a_launch_before_it_is_resolved(
         k.launch(str(_app(tmp_path, "one", [])))
         with pytest.raises(EstarterError):
             k.launch(str(tmp_path / "no-such-app"))
-        assert spawner.expected == [0, 1] and list(spawner.ports) == ["one"]
+        assert spawner.expected == [("one", 0)] and list(spawner.ports) == ["one"]
     finally:
         k.shutdown()
         k.permissions.close()

@@ -252,3 +252,39 @@ def test_sweep_later_sweeps_on_a_thread_once_per_period(tmp_path: Path) -> None:
     cgroupfs.sweep_stale_later([parent])  # swept a moment ago: not again yet
     assert not [t for t in threading.enumerate() if t.name == "estarter-sweep-cgroups"]
     assert old.exists()
+
+
+def _leaves(root: Path, ctrl: str = "memory") -> list[Path]:
+    return [d for d in (root / ctrl / "estarter").iterdir() if d.is_dir()]
+
+
+def test_premade_cgroups_are_the_ones_the_launch_plans_with(tmp_path: Path,
+                                                              fake_v1: Path) -> None:
+    from estarter.hosting.limits import premade
+
+    facts = limits.detect(fake_v1, probe_sandbox=False)
+    assert premade.premake(facts, "demo")
+    made = _leaves(fake_v1)
+    assert len(made) == 1 and made[0].name.startswith(f"demo-{os.getpid()}-")
+    lim = limits.prepare(make_policy(tmp_path), make_ctx(tmp_path), facts=facts)
+    plan = lim.plan(["app"], {}, tmp_path)
+    assert _leaves(fake_v1) == made  # planned in them: none made at the launch
+    assert str(made[0] / "cgroup.procs") in plan.spec["cgroup_procs"]
+    assert (made[0] / "memory.limit_in_bytes").read_text() == str(64 * MIB)
+    assert premade.take(facts, "cgroup-v1", "demo") is None  # the launch took them
+    lim.cleanup()  # (a fake cgroupfs keeps the limit files: its folders stay)
+
+
+def test_premade_cgroups_nobody_takes_are_removed(tmp_path: Path, fake_v1: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from estarter.hosting.limits import premade
+
+    monkeypatch.setattr(premade, "PREMADE_SECONDS", 0.05)
+    facts = limits.detect(fake_v1, probe_sandbox=False)
+    assert premade.premake(facts, "demo")
+    deadline = time.monotonic() + 30
+    while _leaves(fake_v1) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _leaves(fake_v1) == []
+    assert premade.take(facts, "cgroup-v1", "demo") is None
+    assert not premade.premake(limits.detect(tmp_path / "none", probe_sandbox=False), "demo")

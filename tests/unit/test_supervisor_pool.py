@@ -25,7 +25,7 @@ class FakeHandle:
         self.name, self.options, self.calls = name, options, []
         self.ready = FakeMethod(self, "ready")
         self.reset = FakeMethod(self, "reset")
-        self.prime = FakeMethod(self, "prime")
+        self.expect = FakeMethod(self, "expect")
 
 
 class FakeRay:
@@ -87,11 +87,11 @@ def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
 
 def test_wake_tells_the_supervisor_the_next_launch_will_take(fake: FakeRay) -> None:
     pool = SupervisorPool(1)
-    pool.wake()
+    pool.wake("app")
     handle, _, _ = pool.take()
-    assert handle.calls == ["ready", "prime"]  # the one woken is the one taken
-    pool.wake()  # none idle (the refill is a second later): nothing to tell
-    assert [h.calls for h in fake.created] == [["ready", "prime"]]
+    assert handle.calls == ["ready", "expect"]  # the one woken is the one taken
+    pool.wake("app")  # none idle (the refill is a second later): nothing to tell
+    assert [h.calls for h in fake.created] == [["ready", "expect"]]
     pool.close()
 
 

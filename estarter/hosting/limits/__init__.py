@@ -12,16 +12,13 @@ says which one this host gets and why.
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from ...policy import SandboxPolicy
 from ..base import HostContext
+from . import premade
 from .app import AppLimits
-from .cgroup_v1 import CgroupsV1, prime_v1
-from .cgroup_v2 import CgroupsV2, prime_v2
-from .cgroupfs import Cgroups, sweep_stale_later
+from .cgroupfs import sweep_stale_later
 from .detect import CGROUP_ROOT, HostFacts, detect, host_capabilities
 from .plan import LaunchPlan
 
@@ -46,26 +43,17 @@ def prepare(
     chosen = backend or facts.backend
     if chosen not in BACKENDS:
         raise ValueError(f"unknown limits backend {chosen!r}")
-    leaf = f"{policy.app_id}-{os.getpid()}-{secrets.token_hex(4)}"
-    cgroups: Cgroups | None = None
-    if chosen == "cgroup-v2" and facts.v2_root is not None:
-        cgroups = CgroupsV2(facts.v2_root, leaf)
-    elif chosen == "cgroup-v1" and facts.v1_mounts:
-        cgroups = CgroupsV1(facts.v1_mounts, leaf)
+    cgroups = (premade.take(facts, chosen, policy.app_id)
+               or premade.new_cgroups(facts, chosen, policy.app_id))
     if cgroups is not None:
         sweep_stale_later(cgroups.parents())
     return AppLimits(policy, ctx, facts, cgroups, run_as=run_as)
 
 
-def prime_cgroup_join(cgroup_root: Path | None = None) -> None:
-    """A launch is coming to this node: start the no-op cgroup move of
-    ``cgroupfs.prime_join`` now, so that its wait is over by the time the app's
-    cgroups are made and joined (a supervisor gets this before its ``start``)."""
-    facts = detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False)
-    if facts.v2_root is not None:
-        prime_v2(facts.v2_root)
-    elif facts.v1_mounts:
-        prime_v1(facts.v1_mounts)
+def expect_launch(app_id: str, cgroup_root: Path | None = None) -> bool:
+    """A launch of ``app_id`` is coming to this process: make its cgroups now
+    (``premade``), so that its launch neither makes them nor waits at the join."""
+    return premade.premake(detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False), app_id)
 
 
 __all__ = [
@@ -73,7 +61,7 @@ __all__ = [
     "HostFacts",
     "LaunchPlan",
     "detect",
+    "expect_launch",
     "host_capabilities",
     "prepare",
-    "prime_cgroup_join",
 ]

@@ -92,7 +92,7 @@ class AppLimits:
                                 "parent_pid": os.getpid(), "no_new_privs": True}
         out.ok("session: setsid, PDEATHSIG=SIGKILL, no_new_privs")
         handled: set[str] = set()
-        if self.cgroups is not None:
+        if self.cgroups is not None and not self.cgroups.dirs:  # premade: made already
             try:
                 self.cgroups.create()
             except OSError as exc:

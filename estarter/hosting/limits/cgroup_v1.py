@@ -40,14 +40,6 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def prime_v1(mounts: dict[str, Path]) -> None:
-    """``prime_join`` in this process's cgroup of one of ``mounts``."""
-    if mounts:
-        name, mount = next(iter(mounts.items()))
-        own = own_cgroup(mount, name)
-        prime_join(own / "tasks" if own is not None else None, tid=True)
-
-
 class CgroupsV1(Cgroups):
     name = "cgroup-v1"
 
@@ -68,7 +60,9 @@ class CgroupsV1(Cgroups):
         self.weigh_cpu_parent()
 
     def prime(self) -> None:
-        prime_v1(self.mounts)
+        name, mount = next(iter(self.mounts.items()))
+        own = own_cgroup(mount, name)
+        prime_join(own / "tasks" if own is not None else None, tid=True)
 
     def remove(self) -> list[Path]:
         left = super().remove()

@@ -33,12 +33,6 @@ def available_controllers(root: Path) -> frozenset[str]:
         return frozenset()
 
 
-def prime_v2(root: Path) -> None:
-    """``prime_join`` in this process's cgroup of the hierarchy at ``root``."""
-    own = own_cgroup(root)
-    prime_join(own / "cgroup.procs" if own is not None else None, tid=False)
-
-
 class CgroupsV2(Cgroups):
     name = "cgroup-v2"
 
@@ -52,7 +46,8 @@ class CgroupsV2(Cgroups):
         return [self.root / ESTARTER]
 
     def prime(self) -> None:
-        prime_v2(self.root)
+        own = own_cgroup(self.root)
+        prime_join(own / "cgroup.procs" if own is not None else None, tid=False)
 
     def create(self) -> None:
         parent = self.root / ESTARTER
