@@ -133,15 +133,18 @@ class SupervisorPool:
             return pair[0], pair[1], False
         return self.fresh()
 
-    def wake(self, app_id: str | None) -> None:
+    def wake(self, app_id: str | None) -> Callable[[], None] | None:
         """Tell the next idle supervisor that a launch of ``app_id`` is coming
         (``SupervisorShell.expect``): an idle worker's first task after 0.1-1 s idle
         arrived 3-9 ms later here than the next one, and a process app's cgroups can
-        be made meanwhile. Fire and forget; another launch may take it first."""
+        be made meanwhile. Fire and forget; another launch may take it first.
+        Returns what tells it that the launch failed (its cgroups go at once)."""
         with self._lock:
             head = self._idle[0][0] if self._idle else None
-        if head is not None:
-            ray_api.tell(head.expect, app_id)
+        if head is None:
+            return None
+        ray_api.tell(head.expect, app_id)
+        return lambda: ray_api.tell(head.forget, app_id)
 
     def fresh(self) -> tuple[Any, Any, bool]:
         """A new pool-kind supervisor, for when no idle one is at hand."""
@@ -243,9 +246,10 @@ class RaySpawner:
 
     # -- spawning --------------------------------------------------------------
 
-    def expect_launch(self, app_id: str | None) -> None:
-        """A launch of ``app_id`` (a process app; None: wasm) is being checked."""
-        self.pool.wake(app_id)
+    def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
+        """A launch of ``app_id`` (a process app; None: wasm) is being checked;
+        returns what undoes this if it fails (``Kernel.launch``)."""
+        return self.pool.wake(app_id)
 
     def spawn(self, policy: SandboxPolicy, run_id: int,
               node: str | None = None) -> RaySupervisorPort:

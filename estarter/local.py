@@ -62,12 +62,14 @@ class LocalSpawner:
         self.port: LocalKernelPort | None = None
         self.supervisors: list[Supervisor] = []
 
-    def expect_launch(self, app_id: str | None) -> None:
-        """A launch of ``app_id`` (a process app; None: wasm) is being checked."""
+    def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
+        """A launch of ``app_id`` (a process app; None: wasm) is being checked;
+        returns what undoes this if it fails (``Kernel.launch``)."""
         from .hosting import limits
 
-        if app_id is not None:
-            limits.expect_launch(app_id)
+        if app_id is None or not limits.expect_launch(app_id):
+            return None
+        return lambda: limits.forget_launch(app_id)
 
     def spawn(self, policy: SandboxPolicy, run_id: int) -> Supervisor:
         assert self.port is not None

@@ -319,7 +319,8 @@ class Supervisor:
         ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
                           home=self.home, appdata=appdata, zones=zones,
                           blocked_addresses=self.blocked_addresses,
-                          tagged_log=self._log.write, direct_zones=direct)
+                          tagged_log=self._log.write, direct_zones=direct,
+                          on_connect=getattr(self.kernel, "warm", None))
         host = self._factory(self.policy, ctx)
         with self._lock:
             self._host = host

@@ -86,6 +86,9 @@ class HostContext:
     # Whether the zones are bind-mounted (estarter.storage: False on a node whose
     # folders are not the VFS actor's); the app then has fs.* only.
     direct_zones: bool = True
+    # Called once, when the app first writes to its channel (the SDK writes a line
+    # break as it connects): its first call follows within milliseconds.
+    on_connect: Callable[[], None] | None = None
 
 
 @runtime_checkable

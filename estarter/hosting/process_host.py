@@ -329,7 +329,11 @@ class ProcessHost:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         splitter = StdoutSplitter(max_size=self._max_message, max_line=LOG_LINE_MAX)
+        on_connect = self.ctx.on_connect
         for data in _chunks(proc.stdout.fileno()):
+            if on_connect is not None:
+                connecting, on_connect = on_connect, None
+                connecting()
             if self._end_cause is not None and self._end_cause[0] is ExitReason.PROTOCOL_VIOLATION:
                 continue  # drain until the kill lands
             bodies: list[bytes] = []

@@ -282,13 +282,25 @@ class Kernel:
             raise NotSupported("node affinity needs a Ray runtime", {"node": node})
         self.start_services()
         manifest, app_dir = self.resolver.resolve(ref)
-        # Optional: a spawner that gets ready while the launch is checked and recorded
-        # (a process app's cgroups made ahead: limits.premade).
-        expect = getattr(self.spawner, "expect_launch", None)
-        if expect is not None:
-            expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
         if manifest.runtime is RuntimeKind.DOTNET:
             dotnet_app.require()  # here, before any grant or record: a clear refusal
+        # Optional: a spawner that gets ready while the launch is checked and recorded
+        # (a process app's cgroups made ahead: limits.premade); it returns what undoes
+        # that if the launch fails before its supervisor takes them.
+        expect = getattr(self.spawner, "expect_launch", None)
+        abandon = (expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
+                   if expect is not None else None)
+        try:
+            return self._launch(manifest, app_dir, ref, grants, grant_all, strict, node)
+        except BaseException:
+            if abandon is not None:
+                abandon()
+            raise
+
+    def _launch(self, manifest: AppManifest, app_dir: Path, ref: str,
+                grants: list[str] | None, grant_all: bool, strict: bool | None,
+                node: str | None) -> dict[str, Any]:
+        assert self.spawner is not None
         app_id = manifest.id
         self.permissions.register(app_id, manifest.requested_permissions)
         if grant_all:  # all but the device permissions this host has no device for

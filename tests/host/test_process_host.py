@@ -58,7 +58,7 @@ class Rig:
         self.exits: list[ExitInfo] = []
         self.hosts: list[ProcessHost] = []
 
-    def host(self, source: str, **manifest: Any) -> ProcessHost:
+    def host(self, source: str, on_connect: Any = None, **manifest: Any) -> ProcessHost:
         folder = self.root / "app"
         folder.mkdir(exist_ok=True)
         (folder / "app.py").write_text(textwrap.dedent(source))
@@ -67,7 +67,7 @@ class Rig:
         policy = SandboxPolicy.from_manifest(m, folder, granted=m.requested_permissions)
         ctx = HostContext(api=self.kernel.api, log=lambda lvl, msg: self.logs.append(msg),
                           on_exit=self.exits.append, home=self.root / "home",
-                          appdata=self.root / "home" / "appdata")
+                          appdata=self.root / "home" / "appdata", on_connect=on_connect)
         host = ProcessHost(policy, ctx)
         self.hosts.append(host)
         return host
@@ -120,6 +120,18 @@ print("stray print goes to the log", flush=True)
     assert ("echo", {"note": True}) in rig.kernel.calls
     assert "stray print goes to the log" in rig.logs
     assert rig.exits == [info] and host.state is HostState.EXITED
+
+
+def test_the_host_hears_once_that_the_app_connects_before_its_first_call(rig: Rig) -> None:
+    connects: list[int] = []  # how many calls the kernel had seen at each
+    host = rig.host(CLIENT + """
+out(ping=client.call("system.ping"))
+out(echo=client.call("echo", [1]))
+""", on_connect=lambda: connects.append(len(rig.kernel.calls)))
+    host.start()
+    info = host.wait(30)
+    assert info is not None and info.reason is ExitReason.EXITED, rig.logs
+    assert connects == [0] and [m for m, _ in rig.kernel.calls] == ["system.ping", "echo"]
 
 
 def test_batches_are_answered_as_one_array(rig: Rig) -> None:

@@ -106,24 +106,30 @@ def test_system_shutdown_still_reaches_every_app(kernel: Any, tmp_path: Path) ->
 
 def test_a_spawner_that_can_get_ready_hears_of_a_launch_once_it_is_resolved(
         tmp_path: Path) -> None:
-    from estarter.errors import EstarterError
+    from estarter.errors import Busy, EstarterError
 
     class ExpectingSpawner(RecordingSpawner):
         def __init__(self) -> None:
             super().__init__()
             self.expected: list[tuple[str | None, int]] = []  # (app, apps spawned then)
+            self.abandoned: list[str | None] = []
 
-        def expect_launch(self, app_id: str | None) -> None:
+        def expect_launch(self, app_id: str | None) -> Any:
             self.expected.append((app_id, len(self.ports)))
+            return lambda: self.abandoned.append(app_id)
 
     home = tmp_path / "home"
     spawner = ExpectingSpawner()
     k = Kernel(home, PermissionManager(state_db(home)), spawner, serve_socket=False)
     try:
-        k.launch(str(_app(tmp_path, "one", [])))
+        one = _app(tmp_path, "one", [])
+        k.launch(str(one))
         with pytest.raises(EstarterError):
-            k.launch(str(tmp_path / "no-such-app"))
-        assert spawner.expected == [("one", 0)] and list(spawner.ports) == ["one"]
+            k.launch(str(tmp_path / "no-such-app"))  # not resolved: nothing announced
+        with pytest.raises(Busy):
+            k.launch(str(one))  # announced, then refused: undone
+        assert spawner.expected == [("one", 0), ("one", 1)] and list(spawner.ports) == ["one"]
+        assert spawner.abandoned == ["one"]
     finally:
         k.shutdown()
         k.permissions.close()

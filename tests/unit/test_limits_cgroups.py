@@ -288,3 +288,14 @@ def test_premade_cgroups_nobody_takes_are_removed(tmp_path: Path, fake_v1: Path,
     assert _leaves(fake_v1) == []
     assert premade.take(facts, "cgroup-v1", "demo") is None
     assert not premade.premake(limits.detect(tmp_path / "none", probe_sandbox=False), "demo")
+
+
+def test_premade_cgroups_of_a_failed_launch_go_at_once(tmp_path: Path, fake_v1: Path) -> None:
+    from estarter.hosting.limits import premade
+
+    facts = limits.detect(fake_v1, probe_sandbox=False)
+    assert limits.expect_launch("demo", cgroup_root=fake_v1)
+    assert len(_leaves(fake_v1)) == 1
+    limits.forget_launch("demo", cgroup_root=fake_v1)
+    assert _leaves(fake_v1) == [] and premade.take(facts, "cgroup-v1", "demo") is None
+    limits.forget_launch("demo", cgroup_root=fake_v1)  # nothing left: a no-op

@@ -26,6 +26,7 @@ class FakeHandle:
         self.ready = FakeMethod(self, "ready")
         self.reset = FakeMethod(self, "reset")
         self.expect = FakeMethod(self, "expect")
+        self.forget = FakeMethod(self, "forget")
 
 
 class FakeRay:
@@ -87,11 +88,14 @@ def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
 
 def test_wake_tells_the_supervisor_the_next_launch_will_take(fake: FakeRay) -> None:
     pool = SupervisorPool(1)
-    pool.wake("app")
+    abandon = pool.wake("app")
     handle, _, _ = pool.take()
     assert handle.calls == ["ready", "expect"]  # the one woken is the one taken
-    pool.wake("app")  # none idle (the refill is a second later): nothing to tell
-    assert [h.calls for h in fake.created] == [["ready", "expect"]]
+    assert abandon is not None
+    abandon()  # the launch failed: what it made goes
+    assert handle.calls == ["ready", "expect", "forget"]
+    assert pool.wake("app") is None  # none idle (the refill is a second later)
+    assert [h.calls for h in fake.created] == [["ready", "expect", "forget"]]
     pool.close()
 
 

@@ -56,12 +56,18 @@ def expect_launch(app_id: str, cgroup_root: Path | None = None) -> bool:
     return premade.premake(detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False), app_id)
 
 
+def forget_launch(app_id: str, cgroup_root: Path | None = None) -> None:
+    """That launch of ``app_id`` failed: remove what ``expect_launch`` made for it."""
+    premade.drop(detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False), app_id)
+
+
 __all__ = [
     "AppLimits",
     "HostFacts",
     "LaunchPlan",
     "detect",
     "expect_launch",
+    "forget_launch",
     "host_capabilities",
     "prepare",
 ]

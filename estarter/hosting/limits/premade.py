@@ -12,6 +12,7 @@ another supervisor got it) are removed after PREMADE_SECONDS.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import threading
@@ -75,6 +76,24 @@ def take(facts: HostFacts, backend: str, app_id: str) -> Cgroups | None:
         cgroups.remove()
         return None
     return cgroups
+
+
+def drop(facts: HostFacts, app_id: str) -> None:
+    """Remove ``app_id``'s premade cgroups, if any (its launch failed)."""
+    with _lock:
+        entry = _made.pop((facts.cgroup_root, app_id), None)
+    if entry is not None:
+        entry[1].remove()
+
+
+@atexit.register
+def _drop_all() -> None:
+    """A process that ends cleanly (a refused ``estarter run``) leaves none behind."""
+    with _lock:
+        left = [cgroups for _, cgroups in _made.values()]
+        _made.clear()
+    for cgroups in left:
+        cgroups.remove()
 
 
 def _expire(key: tuple[Path, str], cgroups: Cgroups) -> None:
