@@ -18,6 +18,7 @@ is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -143,8 +144,11 @@ class SupervisorPool:
             head = self._idle[0][0] if self._idle else None
         if head is None:
             return None
-        ray_api.tell(head.expect, app_id)
-        return lambda: ray_api.tell(head.forget, app_id)
+        try:
+            ray_api.tell(head.expect, app_id)
+        except Exception:  # a hint: the launch goes on without it
+            return None
+        return lambda: _hint(head.forget, app_id)
 
     def fresh(self) -> tuple[Any, Any, bool]:
         """A new pool-kind supervisor, for when no idle one is at hand."""
@@ -440,6 +444,12 @@ def lost_reason(node: str, detail: str, node_alive: Callable[[str], bool],
             return ExitReason.SUPERVISOR_LOST
         sleep(0.5)
     return ExitReason.NODE_LOST
+
+
+def _hint(method: Any, *args: Any) -> None:
+    """Fire and forget a call that only helps (``SupervisorPool.wake``): never raises."""
+    with contextlib.suppress(Exception):
+        ray_api.tell(method, *args)
 
 
 def _nodes() -> list[NodeView]:
