@@ -139,7 +139,7 @@ class SupervisorPool:
         (``SupervisorShell.expect``): an idle worker's first task after 0.1-1 s idle
         arrived 3-9 ms later here than the next one, and a process app's cgroups can
         be made meanwhile. Fire and forget; another launch may take it first.
-        Returns what tells it that the launch failed (its cgroups go at once)."""
+        Returns what tells it, once the launch is over, to drop what it did not use."""
         with self._lock:
             head = self._idle[0][0] if self._idle else None
         if head is None:
@@ -252,7 +252,7 @@ class RaySpawner:
 
     def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
         """A launch of ``app_id`` (a process app; None: wasm) is being checked;
-        returns what undoes this if it fails (``Kernel.launch``)."""
+        returns what releases what it did not use (``Kernel.launch``)."""
         return self.pool.wake(app_id)
 
     def spawn(self, policy: SandboxPolicy, run_id: int,

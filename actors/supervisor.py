@@ -156,7 +156,8 @@ class SupervisorShell:
             limits.expect_launch(app_id)
 
     def forget(self, app_id: str | None) -> None:
-        """That launch failed before it got here: its cgroups go now."""
+        """That launch is over: if it did not take what ``expect`` made (it failed
+        first, or another supervisor started it), that goes now."""
         from estarter.hosting import limits
 
         if app_id is not None:

@@ -64,7 +64,7 @@ class LocalSpawner:
 
     def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
         """A launch of ``app_id`` (a process app; None: wasm) is being checked;
-        returns what undoes this if it fails (``Kernel.launch``)."""
+        returns what releases what it did not use (``Kernel.launch``)."""
         from .hosting import limits
 
         if app_id is None or not limits.expect_launch(app_id):

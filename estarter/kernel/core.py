@@ -285,17 +285,17 @@ class Kernel:
         if manifest.runtime is RuntimeKind.DOTNET:
             dotnet_app.require()  # here, before any grant or record: a clear refusal
         # Optional: a spawner that gets ready while the launch is checked and recorded
-        # (a process app's cgroups made ahead: limits.premade); it returns what undoes
-        # that if the launch fails before its supervisor takes them.
+        # (a process app's cgroups made ahead: limits.premade). It returns what
+        # releases what the launch did not use: the launch failed first, or another
+        # supervisor started it. Called either way: what was used is gone already.
         expect = getattr(self.spawner, "expect_launch", None)
-        abandon = (expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
+        release = (expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
                    if expect is not None else None)
         try:
             return self._launch(manifest, app_dir, ref, grants, grant_all, strict, node)
-        except BaseException:
-            if abandon is not None:
-                abandon()
-            raise
+        finally:
+            if release is not None:
+                release()
 
     def _launch(self, manifest: AppManifest, app_dir: Path, ref: str,
                 grants: list[str] | None, grant_all: bool, strict: bool | None,

@@ -104,7 +104,7 @@ def test_system_shutdown_still_reaches_every_app(kernel: Any, tmp_path: Path) ->
         spawner.ports["blind"].pushed
 
 
-def test_a_spawner_that_can_get_ready_hears_of_a_launch_once_it_is_resolved(
+def test_a_spawner_hears_of_a_launch_once_resolved_and_releases_what_it_readied(
         tmp_path: Path) -> None:
     from estarter.errors import Busy, EstarterError
 
@@ -112,11 +112,11 @@ def test_a_spawner_that_can_get_ready_hears_of_a_launch_once_it_is_resolved(
         def __init__(self) -> None:
             super().__init__()
             self.expected: list[tuple[str | None, int]] = []  # (app, apps spawned then)
-            self.abandoned: list[str | None] = []
+            self.released: list[tuple[str | None, int]] = []
 
         def expect_launch(self, app_id: str | None) -> Any:
             self.expected.append((app_id, len(self.ports)))
-            return lambda: self.abandoned.append(app_id)
+            return lambda: self.released.append((app_id, len(self.ports)))
 
     home = tmp_path / "home"
     spawner = ExpectingSpawner()
@@ -127,9 +127,9 @@ def test_a_spawner_that_can_get_ready_hears_of_a_launch_once_it_is_resolved(
         with pytest.raises(EstarterError):
             k.launch(str(tmp_path / "no-such-app"))  # not resolved: nothing announced
         with pytest.raises(Busy):
-            k.launch(str(one))  # announced, then refused: undone
+            k.launch(str(one))  # announced, then refused: released all the same
         assert spawner.expected == [("one", 0), ("one", 1)] and list(spawner.ports) == ["one"]
-        assert spawner.abandoned == ["one"]
+        assert spawner.released == [("one", 1), ("one", 1)]  # after the spawn, and after Busy
     finally:
         k.shutdown()
         k.permissions.close()

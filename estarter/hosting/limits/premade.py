@@ -6,8 +6,9 @@ mkdir of a cgroup needs too (``cgroupfs.prime_join``). So the cgroups are made
 first, as soon as the kernel has resolved the app (``Spawner.expect_launch``), and a
 no-op move starts right after: its grace period passes while the kernel records the
 launch and sends it, and the launcher's join finds it passed. ``prepare`` takes
-them for the app's first launch here; cgroups nobody took (the launch failed, or
-another supervisor got it) are removed after PREMADE_SECONDS.
+them for the app's first launch here. Once the launch is over the kernel has them
+dropped if nobody took them (it failed first, or another supervisor started it);
+failing that message, they are removed after PREMADE_SECONDS.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def take(facts: HostFacts, backend: str, app_id: str) -> Cgroups | None:
 
 
 def drop(facts: HostFacts, app_id: str) -> None:
-    """Remove ``app_id``'s premade cgroups, if any (its launch failed)."""
+    """Remove ``app_id``'s premade cgroups, if no launch took them."""
     with _lock:
         entry = _made.pop((facts.cgroup_root, app_id), None)
     if entry is not None:
