@@ -5,7 +5,9 @@
    driver to an actor with an empty method: <= 1.2x (issue 15). Shown beside it, the
    part of the gap that is Ray's own: the same raw call made from a worker's
    thread (where a supervisor calls from) and the kernel actor's ``call`` for
-   ``system.ping`` made from there, each vs the raw call from the driver.
+   ``system.ping`` made from there, each vs the raw call from the driver; and the
+   app's side of the path without Ray (the SDK, the pipes, the process host, the
+   call answered at once in the host) vs a bare Python pipe echo of the same frames.
 3. Launch to first answered API call (from ``Runtime.launch`` until the app holds
    the answer of its first call) vs a bare spawn of the same script that exchanges
    one frame with its parent over a pipe: <= 1.5x. Shown under it, medians per
@@ -164,6 +166,74 @@ def _floor_from_a_worker(n: int) -> dict[str, float]:
         ray.kill(echo)
 
 
+# The baseline of the pipe path: a Python parent answering JSON-RPC frames on a pipe.
+PIPE_ECHO = """
+import json, os, sys, time
+from sdk._wire import encode_frame, read_frame
+out, samples = os.fdopen(1, "wb", buffering=0), []
+for i in range(N):
+    t0 = time.perf_counter()
+    out.write(encode_frame({"jsonrpc": "2.0", "id": i, "method": "system.ping"}))
+    read_frame(sys.stdin.buffer)
+    samples.append(time.perf_counter() - t0)
+samples = sorted(samples[200:])
+os.write(2, json.dumps(samples[len(samples) // 2]).encode())
+"""
+
+
+def pipe_path(root: Path, n: int) -> tuple[float, float]:
+    """Median seconds of (hosted ``system.ping`` through the SDK and the process
+    host, answered at once in this process instead of by the kernel; the same frames
+    echoed by a bare Python parent over a pipe). No Ray: what target 1 pays for the
+    app's side of the path, against the least a pipe round trip costs."""
+    import concurrent.futures
+
+    from estarter.hosting.base import HostContext
+    from estarter.hosting.process_host import ProcessHost
+    from estarter.manifest import AppManifest
+    from estarter.policy import SandboxPolicy
+    from sdk._wire import encode_frame, read_frame
+
+    folder = write_app(root, "bench-pipe", PING_APP.replace("N)", f"{n})"))
+    noted: list[Any] = []
+
+    def answer(method: str, params: Any) -> concurrent.futures.Future[Any]:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if method == "ui.notify":
+            noted.append(params)
+        done.set_result({"pong": True, "time": 0.0})
+        return done
+
+    manifest = AppManifest.model_validate({"id": "bench-pipe", "runtime": "python",
+                                           "entry": "app.py"})
+    ctx = HostContext(api=answer, log=lambda level, msg: None, on_exit=lambda info: None,
+                      home=root / "pipe-home", appdata=root / "pipe-home" / "appdata")
+    with ProcessHost(SandboxPolicy.from_manifest(manifest, folder), ctx) as host:
+        host.start()
+        host.wait(300)
+    hosted = float(json.loads(noted[-1]["message"])["median"])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    echo = subprocess.Popen([sys.executable, "-c", PIPE_ECHO.replace("range(N)",
+                                                                      f"range({n + 200})")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        assert echo.stdout is not None and echo.stdin is not None
+        for _ in range(n + 200):
+            frame = read_frame(echo.stdout)
+            if frame is None:
+                raise RuntimeError("the pipe echo ended before its last frame")
+            msg = json.loads(frame)
+            echo.stdin.write(encode_frame({"jsonrpc": "2.0", "id": msg["id"],
+                                           "result": {"pong": True, "time": 0.0}}))
+            echo.stdin.flush()
+        _, err = echo.communicate(timeout=60)
+        return hosted, float(json.loads(err))
+    finally:
+        echo.kill()
+        echo.wait()
+
+
 def _bare_first_call(folder: Path) -> list[float]:
     """Seconds from the spawn: [spawn returned, first line, connected, answered]."""
     from sdk._wire import encode_frame, read_frame
@@ -266,6 +336,9 @@ def run(report: Report) -> None:
                    floor["plain"] * 1e3, base * 1e3, None, "ms")
             report("target 1, floor: kernel.call(system.ping) from a worker thread",
                    floor["kernel"] * 1e3, base * 1e3, None, "ms")
+            hosted, echo = pipe_path(root, PINGS)
+            report("target 1, the app's side: hosted ping answered in the host vs "
+                   "a bare pipe echo", hosted * 1e3, echo * 1e3, None, "ms")
 
             first = write_app(root, "bench-first", FIRST_CALL_APP)
             ours_m, base_m = [], []
