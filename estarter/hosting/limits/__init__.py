@@ -59,7 +59,7 @@ def expect_launch(app_id: str, cgroup_root: Path | None = None) -> bool:
 def forget_launch(app_id: str, cgroup_root: Path | None = None) -> None:
     """That launch of ``app_id`` is over: remove what ``expect_launch`` made for it
     and it did not take (a no-op when it did)."""
-    premade.drop(detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False), app_id)
+    premade.drop(cgroup_root or CGROUP_ROOT, app_id)  # the key: no need to probe the host
 
 
 __all__ = [

@@ -79,10 +79,10 @@ def take(facts: HostFacts, backend: str, app_id: str) -> Cgroups | None:
     return cgroups
 
 
-def drop(facts: HostFacts, app_id: str) -> None:
+def drop(cgroup_root: Path, app_id: str) -> None:
     """Remove ``app_id``'s premade cgroups, if no launch took them."""
     with _lock:
-        entry = _made.pop((facts.cgroup_root, app_id), None)
+        entry = _made.pop((cgroup_root, app_id), None)
     if entry is not None:
         entry[1].remove()
 
