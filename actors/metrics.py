@@ -1,9 +1,12 @@
 """Per-app metrics through ``ray.util.metrics``, from each supervisor actor.
 
 The supervisor counts (``estarter.metrics.AppMetrics``, ~1 us per call); a thread
-here copies its snapshot into Ray's metrics every ``EXPORT_SECONDS`` as deltas, so
-nothing of Ray's is on the app's call path. Names match the console's ``/metrics``
-(Ray adds its own ``ray_`` prefix in its export); every series has an ``app`` tag.
+here copies its snapshot into Ray's metrics as deltas, so nothing of Ray's is on the
+app's call path. It copies as often as Ray reports a worker's metrics to the node's
+agent (``metrics_report_interval_ms``, 10 s by default), not more often: a copy in
+between is never seen, and each one walks the app's processes. Names match the
+console's ``/metrics`` (Ray adds its own ``ray_`` prefix in its export); every series
+has an ``app`` tag.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from . import ray_api
 
 log = logging.getLogger(__name__)
 
-EXPORT_SECONDS = 5.0
 MAX_OBSERVATIONS = 10000  # per export: a histogram is fed one observation at a time
 
 
@@ -53,10 +55,10 @@ class Exporter:
     """Copies one app's counters into Ray's metrics until ``close``. Idempotent close."""
 
     def __init__(self, app_id: str, info: Callable[[], dict[str, Any]],
-                 interval: float = EXPORT_SECONDS) -> None:
+                 interval: float | None = None) -> None:
         self.app_id = app_id
         self._info = info
-        self._interval = interval
+        self._interval = ray_api.metrics_report_seconds() if interval is None else interval
         self._seen: dict[Any, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,

@@ -323,6 +323,16 @@ def metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...],
                              tag_keys=tag_keys)
 
 
+def metrics_report_seconds(default: float = 10.0) -> float:
+    """How often this worker's Ray metrics reach the node's metrics agent
+    (``metrics_report_interval_ms``, floored at 1 s as Ray's stats do); ``default``
+    if this Ray does not say."""
+    try:
+        return max(1.0, ray._config.metrics_report_interval_ms() / 1000.0)
+    except (AttributeError, TypeError, ValueError):
+        return default
+
+
 def _reload_auth_env() -> None:
     """Make Ray read ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH`` again: it caches them
     when it is imported, and estarter sets them per runtime (estarter.daemon.use_auth)."""
