@@ -19,9 +19,9 @@ from typing import Any
 
 from estarter.errors import ActorUnavailable, LaunchError, NotFound
 from estarter.kernel.methods import VFS_METHODS, is_blocking, retry_on_restart
+from estarter.paths import home_key
 from estarter.policy import SandboxPolicy
 from estarter.protocol.kernel_wire import decode_reply, encode_call
-from estarter.state import home_key
 from estarter.storage import zone_view
 from estarter.supervision import RestartRules, Supervisor
 

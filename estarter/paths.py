@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +18,13 @@ def default_home() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return (Path(base) / "estarter").resolve()
+
+
+def home_key(home: str | os.PathLike[str]) -> str:
+    """A short stable key of an ESTARTER_HOME: names of what a runtime of this home
+    creates outside it (supervisor actors, the Ray head's temp dir) carry it, so
+    runtimes of different homes never touch each other's."""
+    return hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:10]
 
 
 def zone_dir(home: Path, zone: str, app_id: str) -> Path:

@@ -13,9 +13,7 @@ comes back up brings back the apps that were running, per their restart policy).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .kernel.permissions import connect
+from .paths import home_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS app_records (
@@ -32,13 +31,6 @@ CREATE TABLE IF NOT EXISTS app_records (
   state TEXT NOT NULL, exit TEXT, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-
-
-def home_key(home: str | os.PathLike[str]) -> str:
-    """A short stable key of an ESTARTER_HOME: names of what a runtime of this home
-    creates outside it (supervisor actors, the Ray head's temp dir) carry it, so
-    runtimes of different homes never touch each other's."""
-    return hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)

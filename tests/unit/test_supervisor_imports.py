@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_supervisor_module_does_not_load_the_kernel() -> None:
     code = ("import sys, actors.supervisor\n"
             "print(sorted(m for m in sys.modules if m in ("
-            "'actors.kernel', 'actors.spawner', 'estarter.kernel.core')))")
+            "'actors.kernel', 'actors.spawner', 'estarter.kernel.core',"
+            " 'estarter.state', 'sqlite3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
