@@ -47,7 +47,19 @@ from typing import Any
 import psutil
 
 from benchmarks.bench_native import write_app
-from benchmarks.common import Burst, TreeCpu, tree_uss, uss, wait_until
+from benchmarks.common import (
+    APPS_PART,
+    IDLE_ACTORS,
+    OTHER,
+    RAY_OWN,
+    SERVICES,
+    SUPERVISORS,
+    Burst,
+    TreeCpu,
+    tree_uss,
+    uss,
+    wait_until,
+)
 from estarter.errors import EstarterError
 
 Report = Callable[[str, float, float, "float | None", str], None]
@@ -125,9 +137,9 @@ def _session_processes() -> list[int]:
 # -- raw Ray baselines ----------------------------------------------------------------
 
 
-def _idle_actors(n: int) -> tuple[float, list[int], float]:
+def _idle_actors(n: int) -> tuple[float, list[int], dict[str, float]]:
     """Start ``n`` idle actors at once: (seconds until all answered, their USS, CPU
-    seconds the Ray session used meanwhile)."""
+    seconds the Ray session used meanwhile, by part: ``TreeCpu.parts``)."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -141,7 +153,7 @@ def _idle_actors(n: int) -> tuple[float, list[int], float]:
     actors = [Idle.remote() for _ in range(n)]  # type: ignore[attr-defined]
     pids = ray.get([a.pid.remote() for a in actors], timeout=600)
     elapsed = time.monotonic() - t0
-    used = cpu.seconds()
+    used = cpu.parts()
     time.sleep(1.0)  # let the workers settle after start-up, as for the apps
     print(f"{n} idle actors: MemAvailable {_gib(free0)} -> {_gib(_available())}: "
           f"{(free0 - _available()) / n / MIB:.1f} MiB per actor", flush=True)
@@ -328,7 +340,7 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
 
             _wait(all_up, 600 + 3 * n, f"{n} apps answering")
             ours_start = time.monotonic() - t0
-            ours_cpu = cpu.seconds()
+            ours_cpu = cpu.parts()
             time.sleep(1.0)  # same settling as for the idle actors
             free1 = _available()
             drop = (free0 - free1) / n
@@ -396,7 +408,8 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
     report(f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
            ours_start, base_start, 1.3, "s")
     report(f"  {APPS} apps: CPU the Ray session used until then, per app vs per idle actor",
-           ours_cpu / n, base_cpu / n, None, "CPU-s")
+           sum(ours_cpu.values()) / n, sum(base_cpu.values()) / n, None, "CPU-s")
+    _cpu_profile(ours_cpu, base_cpu, n, report)
     steps = (f"waiting for a launch slot ({in_flight} launching at once)",
              "Runtime.launch: kernel, supervisor actor, cgroups, spawn",
              "spawn to first line: launcher, bwrap, interpreter",
@@ -410,6 +423,21 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
     report(f"{APPS} apps: one app's process tree USS (median), stop all: {stop_s:.1f} s",
            statistics.median(app_uss) / MIB, idle / MIB, None, "MiB")
     return drop
+
+
+def _cpu_profile(ours: dict[str, float], base: dict[str, float], n: int,
+                 report: Report) -> None:
+    """Where the CPU of the two bursts went, per app / per idle actor (reference
+    rows). A part both have is set against the idle run's same part; a part only
+    ours has, against all the idle run used per actor."""
+    twins = {SUPERVISORS: IDLE_ACTORS, RAY_OWN: RAY_OWN}
+    total = sum(base.values()) / n
+    for part in (SUPERVISORS, SERVICES, APPS_PART, RAY_OWN, OTHER):
+        twin = twins.get(part)
+        against = base.get(twin, 0.0) / n if twin else total
+        label = f"the idle run's {twin}" if twin else "all of it per idle actor"
+        report(f"  {APPS} apps CPU per app: {part} vs {label}",
+               ours.get(part, 0.0) / n, against, None, "CPU-s")
 
 
 def _ups(rt: Any, ids: set[str]) -> dict[str, str]:

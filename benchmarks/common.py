@@ -31,6 +31,31 @@ def tree_uss(pid: int) -> int:
     return sum(uss(p.pid) for p in procs)
 
 
+# The parts of a Ray session's CPU that ``TreeCpu.parts`` tells apart, by what a
+# process's command line says it is (Ray titles a worker ``ray::<actor class>``).
+SUPERVISORS = "supervisor workers"
+SERVICES = "kernel, VFS and permission actors"
+APPS_PART = "the apps' processes (launcher, bwrap, app)"
+IDLE_ACTORS = "idle actor workers"
+RAY_OWN = "Ray's own processes (GCS, raylet, agents, idle workers)"
+OTHER = "other (the benchmark's own children)"
+_RAY_OWN = ("gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env",
+            "ray::IDLE", "monitor.py")
+
+
+def _part(cmdline: str) -> str | None:
+    """The part a process belongs to by its own command line; None: by its parent."""
+    if "SupervisorShell" in cmdline or "estarter-sup-" in cmdline:
+        return SUPERVISORS
+    if any(k in cmdline for k in ("KernelShell", "VfsShell", "PermissionsShell")):
+        return SERVICES
+    if "ray::Idle" in cmdline:
+        return IDLE_ACTORS
+    if any(k in cmdline for k in _RAY_OWN) or cmdline.startswith("ray::"):
+        return RAY_OWN
+    return None
+
+
 class TreeCpu:
     """CPU seconds used by this process's descendants (an embedded Ray: GCS, raylet,
     its workers and, through the supervisors, the apps) since this was made. A
@@ -39,14 +64,15 @@ class TreeCpu:
 
     On these 2 cores a burst of launches is CPU-bound, so its wall time follows the
     CPU it needs and whatever else the host runs; the CPU it used is the steadier
-    figure of the two."""
+    figure of the two. ``parts`` splits it by what each process is (the profile of
+    a burst: how much is Ray's start of a worker, ours, the apps' or Ray's own)."""
 
     def __init__(self) -> None:
-        self._base = self._read()
+        self._base = {pid: cpu for pid, (cpu, _) in self._read().items()}
 
     @staticmethod
-    def _read() -> dict[int, float]:
-        out: dict[int, float] = {}
+    def _read() -> dict[int, tuple[float, psutil.Process]]:
+        out: dict[int, tuple[float, psutil.Process]] = {}
         try:
             procs = psutil.Process().children(recursive=True)
         except psutil.Error:
@@ -54,13 +80,38 @@ class TreeCpu:
         for p in procs:
             try:
                 t = p.cpu_times()
-                out[p.pid] = t.user + t.system + t.children_user + t.children_system
+                out[p.pid] = (t.user + t.system + t.children_user + t.children_system, p)
             except psutil.Error:
                 continue
         return out
 
     def seconds(self) -> float:
-        return sum(cpu - self._base.get(pid, 0.0) for pid, cpu in self._read().items())
+        return sum(self.parts().values())
+
+    def parts(self) -> dict[str, float]:
+        """CPU seconds since this was made, by part (the names above). An app's
+        processes are those under a supervisor worker that are not Ray's."""
+        now = self._read()
+        own: dict[int, str | None] = {}
+        for pid, (_, proc) in now.items():
+            try:
+                own[pid] = _part(" ".join(proc.cmdline()))
+            except psutil.Error:
+                own[pid] = None
+        out: dict[str, float] = {}
+        for pid, (cpu, proc) in now.items():
+            part = own[pid]
+            if part is None:
+                part = OTHER
+                try:
+                    for parent in proc.parents():
+                        if own.get(parent.pid) == SUPERVISORS:
+                            part = APPS_PART
+                            break
+                except psutil.Error:
+                    pass
+            out[part] = out.get(part, 0.0) + cpu - self._base.get(pid, 0.0)
+        return out
 
 
 def end_simulated_cluster(cluster: Any, saved_env: dict[str, str | None]) -> None:
