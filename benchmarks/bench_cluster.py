@@ -9,7 +9,10 @@
      supervisor actor, spawn to the interpreter's first line, first line to the
      answered call) and the CPU the Ray session used until then, per app (both
      sides are CPU-bound here, and the CPU varies less than the time on a shared host);
-   - memory of it all (supervisors plus apps) vs 100 idle Ray actors.
+   - memory of it all (supervisors plus apps) vs 100 idle Ray actors;
+   - the same burst with 20 apps (reference rows: time and CPU per app): at 100,
+     Ray's idle workers take most of the 2 cores by the end of either burst, which
+     magnifies any difference in what a launch costs; at 20 they do not yet.
    - opt-in (``ESTARTER_BENCH_300=1``): the same with 300 apps, memory <= 1.15x,
      5 launches in flight (16 made the last launches wait past the driver's 120 s
      call). Memory is guarded: the run does not start if 300 apps at the 100-app
@@ -67,6 +70,11 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 APPS = 100
 BIG = 300  # the opt-in memory run
+# A burst small enough that Ray's idle workers do not yet weigh on the machine: each
+# idle Ray worker costs ~1.8% of a core here (its 10 ms signal-check loop and gRPC
+# polls), so 100 of them take most of the 2 cores and slow the end of either burst
+# by more than the launches themselves; 20 take a third of one.
+SMALL = 20
 IN_FLIGHT = 16  # launches at once for the 100 apps (the profile's "launch slot" wait)
 # For the 300: each launch waits for Ray to start a worker, CPU-bound beside the idle
 # supervisors; with 16 in flight, past ~250 apps one waited past the driver's 120 s.
@@ -268,7 +276,9 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
     them all up, or None. ``prior``: a drop per app measured before (the 100-app run),
     to tell before starting whether ``apps`` apps fit in memory."""
     memory_name = f"{apps} apps: supervisors + apps USS vs {apps} idle actors"
-    names = ([memory_name] if apps != APPS else
+    small_name = (f"{apps} apps at once ({in_flight} launching): all answered a call vs "
+                  f"{apps} idle actors up (ref)")
+    names = ([small_name] if apps < APPS else [memory_name] if apps != APPS else
              ["target 5: supervisor USS (median) vs idle Ray actor",
               f"{APPS} apps at once: all answered a call vs {APPS} idle actors up",
               memory_name])
@@ -397,6 +407,12 @@ def _density(rt: Any, root: Path, report: Report, apps: int = APPS,
         report(f"{n} of {apps} apps up (launching stopped): supervisors + apps USS vs "
                f"{measured} idle actors (ref)", total, idle * measured / MIB, None, "MiB")
         return drop
+    if apps < APPS:  # the small burst: what a launch costs before Ray's idle workers add up
+        report(small_name, ours_start, base_start, None, "s")
+        report(f"  {apps} apps: CPU the Ray session used until then, per app vs per idle "
+               "actor (ref)", sum(ours_cpu.values()) / n, sum(base_cpu.values()) / n,
+               None, "CPU-s")
+        return drop
     if apps != APPS:
         report(memory_name + ("" if measured == apps else f" ({measured} read)"),
                total, idle * measured / MIB, memory_target, "MiB")
@@ -516,7 +532,8 @@ def run(report: Report) -> None:
 
             parts: list[Callable[[], object]] = [
                 lambda: _idle_runtime(ray_alone, report),
-                lambda: _throughput(rt, root, report), hundred]
+                lambda: _throughput(rt, root, report),
+                lambda: _density(rt, root, report, SMALL), hundred]
             if os.environ.get("ESTARTER_BENCH_300"):
                 parts.append(lambda: _density(rt, root, report, BIG, 1.15, BIG_IN_FLIGHT,
                                               drop[0]))
