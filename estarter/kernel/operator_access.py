@@ -188,21 +188,29 @@ def status_row(rec: Mapping[str, Any], host: Mapping[str, Any] | None,
     - running: the pid of the process that runs now, uptime since that run
       started, CPU seconds and resident memory of its process tree (native apps;
       a wasm app runs inside its supervisor, so None);
-    - supervisor silent: the kernel's state, and nothing about the process.
+    - supervisor silent: the kernel's state, and nothing about the process;
+    - every row: ``metrics``, the app's call counters (its supervisor's now, else
+      those sent with the final exit) and ``droppedLogLines`` (what the console shows).
     """
     row: dict[str, Any] = {
         "appId": rec.get("appId"), "state": rec.get("state"), "pid": None,
         "node": rec.get("node"), "runId": rec.get("runId"), "runtime": rec.get("runtime"),
         "restart": rec.get("restart"), "startedAt": rec.get("startedAt"),
         "exit": rec.get("exit"), "restarts": None, "uptime": None, "cpuSeconds": None,
-        "memoryBytes": None, "restartAt": None}
+        "memoryBytes": None, "restartAt": None, "metrics": rec.get("metrics"),
+        "droppedLogLines": 0}
     ended = rec.get("exit")
     if ended or rec.get("state") not in LIVE:
-        row["restarts"] = ended.get("restarts") if isinstance(ended, dict) else None
+        if isinstance(ended, dict):
+            row["restarts"] = ended.get("restarts")
+            row["metrics"] = row["metrics"] or ended.get("metrics")
         return row
     if host is None:
         return row
     row["restarts"] = host.get("restarts")
+    row["metrics"] = host.get("metrics") or row["metrics"]
+    row["droppedLogLines"] = ((host.get("messages") or {}).get("droppedLogLines")
+                              or host.get("droppedLogLines") or 0)
     row["node"] = host.get("node") or row["node"]
     if host.get("restartAt"):
         row.update(state="restarting", restartAt=host["restartAt"])

@@ -283,3 +283,23 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
     assert calls == ["ps", "ps", ["launch", "a", ["fs.read"], False, None],
                      ["stop", "a", 1.0], ["restart", "a", 5.0], ["info", "a"]]
     assert "restarting" in proc.stdout
+
+
+def test_status_row_carries_what_the_console_shows() -> None:
+    """The console builds its app rows from ``Kernel.ps`` alone: each row has the
+    app's call counters and its dropped log lines, live or ended."""
+    live = {"appId": "a", "state": "running", "pid": 9, "runtime": "python", "exit": None}
+    host = {"state": "running", "pid": 11, "startedAt": 90.0, "restarts": 2,
+            "usage": {"cpuSeconds": 1.0, "memoryBytes": 10},
+            "metrics": {"calls": [{"method": "system.ping", "outcome": "ok", "count": 3}]},
+            "messages": {"droppedLogLines": 7}}
+    row = status_row(live, host, now=100.0)
+    assert row["metrics"] == host["metrics"] and row["droppedLogLines"] == 7
+    assert row["pid"] == 11 and row["restarts"] == 2
+    silent = status_row(live, None, now=100.0)
+    assert silent["metrics"] is None and silent["droppedLogLines"] == 0
+    final = {"calls": [{"method": "ui.notify", "outcome": "ok", "count": 1}]}
+    ended = {**live, "state": "exited", "metrics": None,
+             "exit": {"reason": "exited", "restarts": 1, "metrics": final}}
+    row = status_row(ended, None, now=100.0)
+    assert row["metrics"] == final and row["pid"] is None and row["restarts"] == 1
