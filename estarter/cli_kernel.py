@@ -1,10 +1,12 @@
 """CLI commands over the kernel's state: ``permissions``, ``notifications``, ``token``.
 
-They work on ``$ESTARTER_HOME`` directly (SQLite), with or without a runtime up. A
-running kernel, in this process or another, or in a Ray actor, sees a grant or a
-revocation on the app's next call: its permission checks read SQLite's
-``data_version`` first. The main CLI adds these commands with ``mount(app)``;
-``app`` here is the same commands as a standalone Typer (used by the tests).
+They work with or without a runtime up. With one up, ``permissions`` goes through
+the kernel's authority over its operator socket (a Ray driver if the socket cannot
+serve); without one, on ``$ESTARTER_HOME`` directly (SQLite). A running kernel, in
+this process or another, or in a Ray actor, sees a grant or a revocation on the
+app's next call: its permission checks read SQLite's ``data_version`` first. The
+main CLI adds these commands with ``mount(app)``; ``app`` here is the same commands
+as a standalone Typer (used by the tests).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .errors import EstarterError
 from .hosting.applog import one_line
 from .kernel.permissions import PermissionManager
 from .kernel.tokens import TokenStore
@@ -44,14 +47,18 @@ def _home(home: Path | None) -> Path:
 
 
 def _manager(home: Path | None) -> Any:
-    """The permission authority: the runtime's permissions actor while a runtime is
-    up for this home, else the files (SQLite) directly."""
+    """The permission authority: while a runtime is up for this home, the kernel's
+    (over its operator socket, a few ms; else through a Ray driver, 1-2 s), else the
+    files (SQLite) directly."""
     from .daemon import reachable, read_runtime
+    from .operator_client import reach
 
     root = _home(home)
+    client = reach(root)
+    if client is not None:
+        return _OverSocket(client)
     info = read_runtime(root)
     if info is not None and reachable(info.address):
-        from .errors import EstarterError
         from .runtime import Runtime
 
         try:
@@ -73,6 +80,48 @@ class _Connected:
 
     def close(self) -> None:
         self._runtime.shutdown()
+
+
+class _OverSocket:
+    """PermissionManager's methods that the commands below use, over the kernel's
+    operator socket (``operator.permissions`` and the rest). Who a change is by is
+    the kernel's to say: ``cli``, as for a change made in the files."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._seen: dict[str, dict[str, Any]] = {}
+
+    def _view(self, app_id: str) -> dict[str, Any]:
+        if app_id not in self._seen:  # one call answers all four questions
+            self._seen[app_id] = self._client.permissions(app_id)
+        return self._seen[app_id]
+
+    def requested(self, app_id: str) -> frozenset[str]:
+        return frozenset(self._view(app_id)["requested"])
+
+    def granted(self, app_id: str) -> frozenset[str]:
+        return frozenset(self._view(app_id)["granted"])
+
+    def grants(self, app_id: str) -> dict[str, str]:
+        return dict(self._view(app_id)["decisions"])
+
+    def pending(self, app_id: str) -> list[dict[str, Any]]:
+        return list(self._view(app_id)["pending"])
+
+    def grant(self, app_id: str, perms: list[str], by: str = "cli") -> frozenset[str]:
+        return frozenset(self._client.grant(app_id, perms))
+
+    def revoke(self, app_id: str, perms: list[str], by: str = "cli") -> frozenset[str]:
+        return frozenset(self._client.revoke(app_id, perms))
+
+    def deny(self, app_id: str, perms: list[str] | None = None, by: str = "cli") -> int:
+        return int(self._client.deny(app_id, perms))
+
+    def audit(self, app_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._client.audit(app_id, limit))
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _fail(message: str) -> typer.Exit:
@@ -107,6 +156,8 @@ def permissions_list(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False
         pending = pm.pending(app_id)
         data = {"appId": app_id, "requested": requested, "granted": granted,
                 "decisions": pm.grants(app_id), "pending": pending}
+    except EstarterError as exc:  # the runtime's kernel failed to answer
+        raise _fail(str(exc)) from None
     finally:
         pm.close()
     lines = [f"requested: {' '.join(requested) or '-'}", f"granted:   {' '.join(granted) or '-'}"]
@@ -118,8 +169,6 @@ def permissions_list(app_id: str, home: HomeOpt = None, as_json: JsonOpt = False
 def permissions_grant(app_id: str, names: list[str], home: HomeOpt = None,
                       as_json: JsonOpt = False) -> None:
     """Grant permissions (or bundles) to APP; persists; answers its open requests."""
-    from .errors import EstarterError
-
     _check_names(names)
     pm = _manager(home)
     try:
@@ -143,6 +192,8 @@ def permissions_revoke(app_id: str, names: list[str], home: HomeOpt = None,
     pm = _manager(home)
     try:
         granted = sorted(pm.revoke(app_id, names, by="cli"))
+    except EstarterError as exc:
+        raise _fail(str(exc)) from None
     finally:
         pm.close()
     _out({"appId": app_id, "granted": granted}, as_json,
@@ -158,6 +209,8 @@ def permissions_deny(app_id: str, names: Annotated[list[str] | None, typer.Argum
     pm = _manager(home)
     try:
         count = pm.deny(app_id, names or None, by="cli")
+    except EstarterError as exc:
+        raise _fail(str(exc)) from None
     finally:
         pm.close()
     _out({"appId": app_id, "denied": count}, as_json, [f"denied {count} open request(s)"])
@@ -170,6 +223,8 @@ def permissions_audit(app_id: str, limit: int = 100, home: HomeOpt = None,
     pm = _manager(home)
     try:
         rows = pm.audit(app_id, limit)
+    except EstarterError as exc:
+        raise _fail(str(exc)) from None
     finally:
         pm.close()
     lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['time']))} "
@@ -193,7 +248,6 @@ def notifications(limit: int = 50, app_id: Annotated[str | None, typer.Option("-
 def token(app_id: str, home: HomeOpt = None) -> None:
     """Create a token for APP's socket connection and print it (the old one stops
     working). Use it as ESTARTER_TOKEN in a program started outside estarter."""
-    from .errors import EstarterError
     from .store import AppStore
 
     root = _home(home)

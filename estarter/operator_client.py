@@ -150,6 +150,27 @@ class OperatorClient:
         return dict(self.call("operator.restart", {"appId": app_id, "grace": grace},
                               START_SECONDS + grace))
 
+    # ``estarter permissions``, through the kernel's authority
+    def permissions(self, app_id: str) -> dict[str, Any]:
+        """Requested, granted, decisions (permission -> decision) and pending requests."""
+        return dict(self.call("operator.permissions", {"appId": app_id}))
+
+    def grant(self, app_id: str, perms: list[str]) -> list[str]:
+        return list(self.call("operator.grant", {"appId": app_id,
+                                                 "permissions": list(perms)})["granted"])
+
+    def revoke(self, app_id: str, perms: list[str]) -> list[str]:
+        return list(self.call("operator.revoke", {"appId": app_id,
+                                                  "permissions": list(perms)})["granted"])
+
+    def deny(self, app_id: str, perms: list[str] | None = None) -> int:
+        params: dict[str, Any] = {"appId": app_id,
+                                  "permissions": None if perms is None else list(perms)}
+        return int(self.call("operator.deny", params)["denied"])
+
+    def audit(self, app_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self.call("operator.audit", {"appId": app_id, "limit": limit}))
+
     def close(self) -> None:
         if self._closed:
             return

@@ -238,9 +238,34 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
     script = FAKE_RUNTIME_UP + textwrap.dedent("""
         calls = []
 
+        class FakeAuthority:
+            def requested(self, app_id):
+                calls.append(("requested", app_id))
+                return frozenset({"fs.read", "fs.write"})
+            def granted(self, app_id):
+                return frozenset({"fs.read"})
+            def grants(self, app_id):
+                return {"fs.read": "granted"}
+            def pending(self, app_id):
+                return []
+            def grant(self, app_id, names, by="operator"):
+                calls.append(("grant", app_id, names, by))
+                return frozenset(names)
+            def revoke(self, app_id, names, by="operator"):
+                calls.append(("revoke", app_id, names, by))
+                return frozenset()
+            def deny(self, app_id, names=None, by="operator"):
+                calls.append(("deny", app_id, names, by))
+                return 0
+            def audit(self, app_id, limit=1000):
+                calls.append(("audit", app_id, limit))
+                return [{"time": 0.0, "permission": "fs.read", "method": "fs.read",
+                         "decision": "allowed"}]
+
         class FakeKernel:
             def __init__(self):
                 self.home = home
+                self.permissions = FakeAuthority()
             def rec(self, app, state):
                 return {"appId": app, "state": state, "runId": 1, "exit": None}
             def ps(self):
@@ -266,7 +291,10 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
         server.start()
         from estarter.cli import app
         for argv in (["ps"], ["ps", "--json"], ["start", "a", "--grant", "fs.read"],
-                     ["stop", "a", "--grace", "1"], ["restart", "a"], ["inspect", "a"]):
+                     ["stop", "a", "--grace", "1"], ["restart", "a"], ["inspect", "a"],
+                     ["permissions", "list", "a"], ["permissions", "grant", "a", "fs.write"],
+                     ["permissions", "revoke", "a", "fs.read"], ["permissions", "deny", "a"],
+                     ["permissions", "audit", "a", "--limit", "5"]):
             rc = app([*argv, "--home", str(home)], standalone_mode=False)
             assert not rc, (argv, rc)
         server.close()
@@ -281,7 +309,10 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
     assert "RAY False" in lines, proc.stdout
     calls = json.loads(next(ln for ln in lines if ln.startswith("CALLS "))[6:])
     assert calls == ["ps", "ps", ["launch", "a", ["fs.read"], False, None],
-                     ["stop", "a", 1.0], ["restart", "a", 5.0], ["info", "a"]]
+                     ["stop", "a", 1.0], ["restart", "a", 5.0], ["info", "a"],
+                     ["requested", "a"], ["grant", "a", ["fs.write"], "cli"],
+                     ["revoke", "a", ["fs.read"], "cli"], ["deny", "a", None, "cli"],
+                     ["audit", "a", 5]]
     assert "restarting" in proc.stdout
 
 
@@ -303,3 +334,30 @@ def test_status_row_carries_what_the_console_shows() -> None:
              "exit": {"reason": "exited", "restarts": 1, "metrics": final}}
     row = status_row(ended, None, now=100.0)
     assert row["metrics"] == final and row["pid"] is None and row["restarts"] == 1
+
+
+def test_permissions_over_the_operator_socket(kernel: Kernel) -> None:
+    """``estarter permissions`` against a runtime that is up: through the kernel's
+    authority over its socket (no Ray driver), with the same effect as on the files."""
+    kernel.permissions.register("writer", ["fs.write"])
+    operator_token(kernel.home)
+    client = reach(kernel.home)
+    assert client is not None
+    try:
+        view = client.permissions("writer")
+        assert view["requested"] == ["fs.write"] and "fs.write" not in view["granted"]
+        granted = client.grant("writer", ["fs.write", "process.launch"])  # not requested
+        assert "fs.write" in granted and "process.launch" not in granted
+        assert "fs.write" in kernel.permissions.granted("writer")
+        assert client.permissions("writer")["decisions"]["fs.write"] == "granted"
+        assert client.deny("writer") == 0  # no open request
+        assert "fs.write" not in client.revoke("writer", ["fs.write"])
+        assert not kernel.permissions.check("writer", "fs.write")
+        decisions = [(r["decision"], r["permission"]) for r in client.audit("writer", 10)]
+        assert ("granted", "fs.write") in decisions and ("revoked", "fs.write") in decisions
+        with pytest.raises(InvalidParams):
+            client.call("operator.grant", {"appId": "writer", "permissions": "fs.write"})
+        with pytest.raises(InvalidParams):
+            client.call("operator.audit", {"appId": "writer", "limit": -1})
+    finally:
+        client.close()
