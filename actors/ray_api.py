@@ -143,6 +143,16 @@ def tell(method: Any, *args: Any) -> None:
     method.remote(*args)
 
 
+def hint(method: Any, *args: Any) -> bool:
+    """``tell`` for a call that only helps (a wake-up, a clean-up ahead of a timer):
+    never raises; False when it could not be sent."""
+    try:
+        tell(method, *args)
+    except Exception:
+        return False
+    return True
+
+
 def create(actor_class: Any, options: dict[str, Any], *args: Any) -> Any:
     """A new actor of ``actor_class`` (made by ``remote``) with ``options``."""
     return with_options(actor_class, options).remote(*args)

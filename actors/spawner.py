@@ -18,7 +18,6 @@ is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import threading
@@ -134,7 +133,7 @@ class SupervisorPool:
             return pair[0], pair[1], False
         return self.fresh()
 
-    def wake(self, app_id: str | None) -> Callable[[], None] | None:
+    def wake(self, app_id: str | None) -> Callable[[], object] | None:
         """Tell the next idle supervisor that a launch of ``app_id`` is coming
         (``SupervisorShell.expect``): an idle worker's first task after 0.1-1 s idle
         arrived 3-9 ms later here than the next one, and a process app's cgroups can
@@ -142,13 +141,9 @@ class SupervisorPool:
         Returns what tells it, once the launch is over, to drop what it did not use."""
         with self._lock:
             head = self._idle[0][0] if self._idle else None
-        if head is None:
-            return None
-        try:
-            ray_api.tell(head.expect, app_id)
-        except Exception:  # a hint: the launch goes on without it
-            return None
-        return lambda: _hint(head.forget, app_id)
+        if head is None or not ray_api.hint(head.expect, app_id):
+            return None  # a hint: the launch goes on without it
+        return lambda: ray_api.hint(head.forget, app_id)
 
     def fresh(self) -> tuple[Any, Any, bool]:
         """A new pool-kind supervisor, for when no idle one is at hand."""
@@ -250,7 +245,7 @@ class RaySpawner:
 
     # -- spawning --------------------------------------------------------------
 
-    def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
+    def expect_launch(self, app_id: str | None) -> Callable[[], object] | None:
         """A launch of ``app_id`` (a process app; None: wasm) is being checked;
         returns what releases what it did not use (``Kernel.launch``)."""
         return self.pool.wake(app_id)
@@ -444,12 +439,6 @@ def lost_reason(node: str, detail: str, node_alive: Callable[[str], bool],
             return ExitReason.SUPERVISOR_LOST
         sleep(0.5)
     return ExitReason.NODE_LOST
-
-
-def _hint(method: Any, *args: Any) -> None:
-    """Fire and forget a call that only helps (``SupervisorPool.wake``): never raises."""
-    with contextlib.suppress(Exception):
-        ray_api.tell(method, *args)
 
 
 def _nodes() -> list[NodeView]:

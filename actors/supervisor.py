@@ -9,7 +9,6 @@ runtime sweeps them by that prefix (``supervisor_prefix``).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import secrets
 import threading
@@ -101,8 +100,7 @@ class RayKernelPort:
         call. A Ray actor's first task after 20-100 ms idle arrived 0.6-3 ms later
         than the next one on this VM; the app's first call was paying it. A hint:
         it never raises (the app's reader thread calls it)."""
-        with contextlib.suppress(Exception):
-            ray_api.tell(self.kernel.ping)
+        ray_api.hint(self.kernel.ping)
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         # The name goes with every (re)start report, so the kernel's app record
