@@ -28,9 +28,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS app_records (
   app_id TEXT PRIMARY KEY, run_id INTEGER NOT NULL, ref TEXT NOT NULL,
   wanted INTEGER NOT NULL, supervisor TEXT, restart TEXT NOT NULL,
-  state TEXT NOT NULL, exit TEXT, updated_at REAL NOT NULL);
+  state TEXT NOT NULL, exit TEXT, updated_at REAL NOT NULL, node_id TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# A kernel.db of an estarter before the column: the column is added, empty (its
+# ended runs' logs are then read on the kernel's node, as that version did).
+_ADD_NODE_ID = "ALTER TABLE app_records ADD COLUMN node_id TEXT"
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,19 @@ class AppRow:
     state: str
     exit: dict[str, Any] | None
     updated_at: float
+    # Ray's id of the node the run ran on, once it ran (cluster only): where its log
+    # file is, for ``estarter logs`` after the kernel restarted.
+    node_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"appId": self.app_id, "runId": self.run_id, "ref": self.ref,
                 "wanted": self.wanted, "supervisor": self.supervisor,
                 "restart": self.restart, "state": self.state, "exit": self.exit,
-                "updatedAt": self.updated_at}
+                "updatedAt": self.updated_at, "nodeId": self.node_id}
 
 
-_LAUNCHED = "INSERT OR REPLACE INTO app_records VALUES (?,?,?,1,NULL,?,?,NULL,?)"
+_LAUNCHED = ("INSERT OR REPLACE INTO app_records (app_id, run_id, ref, wanted, supervisor, "
+             "restart, state, exit, updated_at, node_id) VALUES (?,?,?,1,NULL,?,?,NULL,?,NULL)")
 
 
 class AppRecords:
@@ -63,6 +70,9 @@ class AppRecords:
     def __init__(self, db_path: Path, clock: Callable[[], float] = time.time) -> None:
         self._db = connect(db_path)
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(app_records)")}
+        if "node_id" not in columns:
+            self._db.execute(_ADD_NODE_ID)
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -101,10 +111,12 @@ class AppRecords:
         self._write(_LAUNCHED, (app_id, run_id, ref, restart, "starting", self._clock()))
 
     def supervised(self, app_id: str, run_id: int, supervisor: str | None,
-                   state: str = "running") -> None:
-        self._write("UPDATE app_records SET supervisor=?, state=?, updated_at=? "
-                    "WHERE app_id=? AND run_id=?",
-                    (supervisor, state, self._clock(), app_id, run_id))
+                   state: str = "running", node_id: str | None = None) -> None:
+        """The run's supervisor; ``node_id``, where it runs, when known (a report
+        without one keeps the one recorded: a supervisor restarts its app in place)."""
+        self._write("UPDATE app_records SET supervisor=?, state=?, updated_at=?, "
+                    "node_id=COALESCE(?, node_id) WHERE app_id=? AND run_id=?",
+                    (supervisor, state, self._clock(), node_id, app_id, run_id))
 
     def ended(self, app_id: str, run_id: int, state: str, exit_info: dict[str, Any],
               keep_wanted: bool = False) -> None:
@@ -147,9 +159,9 @@ class AppRecords:
         with self._lock:
             rows = self._db.execute(
                 "SELECT app_id, run_id, ref, wanted, supervisor, restart, state, exit, "
-                f"updated_at FROM app_records {where}", args).fetchall()
+                f"updated_at, node_id FROM app_records {where}", args).fetchall()
         return [AppRow(r[0], int(r[1]), r[2], bool(r[3]), r[4], r[5], r[6],
-                       json.loads(r[7]) if r[7] else None, float(r[8])) for r in rows]
+                       json.loads(r[7]) if r[7] else None, float(r[8]), r[9]) for r in rows]
 
 
 __all__ = ["AppRecords", "AppRow", "home_key"]

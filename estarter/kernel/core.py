@@ -195,7 +195,8 @@ class Kernel:
             rec.node = info.get("node", rec.node)
             rec.node_id = info.get("nodeId", rec.node_id)
         if self.records is not None and "actorName" in info:
-            self.records.supervised(app_id, run_id, info["actorName"])
+            self.records.supervised(app_id, run_id, info["actorName"],
+                                    node_id=info.get("nodeId"))
         self.lifecycle.seed(app_id)
         self.push_all("system.event", {"name": "app.launched", "data": {"appId": app_id}},
                       but=app_id, need=self._app_events_permission())
@@ -387,7 +388,7 @@ class Kernel:
                         "lines": list(got.get("lines", []))}
             except EstarterError:
                 pass  # the supervisor went away: what its node has
-        node_id = rec.node_id if rec is not None else None
+        node_id = rec.node_id if rec is not None else self._recorded_node(app_id)
         remote = getattr(self.spawner, "read_log", None)  # Ray's spawner only
         if (remote is not None and node_id
                 and log_elsewhere(getattr(self.spawner, "storage", None), node_id)):
@@ -395,6 +396,12 @@ class Kernel:
         tail = tail_file(log_file(self.home, app_id), lines)
         return {"appId": app_id, "source": "file", "node": self.node, "nodeId": None,
                 "lines": tail}
+
+    def _recorded_node(self, app_id: str) -> str | None:
+        """The node of the app's last run as recorded: this kernel restarted since
+        (its runs in memory are gone), and that run's log file is on that node."""
+        row = self.records.get(app_id) if self.records is not None else None
+        return row.node_id if row is not None else None
 
     @staticmethod
     def _remote_log(remote: Callable[..., Any], app_id: str, node_id: str,

@@ -178,6 +178,52 @@ def test_records_survive_reopening_and_run_ids_never_repeat(tmp_path: Path) -> N
     again.close()  # idempotent
 
 
+def test_records_keep_the_node_of_the_last_run(tmp_path: Path) -> None:
+    """Where the run ran survives a kernel restart (its log file is there); a report
+    without a node keeps it; a new launch clears it until that run reports."""
+    db = kernel_db(tmp_path)
+    first = AppRecords(db)
+    run = first.begin_run("x", "x", "never")
+    assert first.get("x").node_id is None  # type: ignore[union-attr]
+    first.supervised("x", run, "sup-1", node_id="w1")
+    first.supervised("x", run, "sup-1")  # the supervisor's own report of a restart
+    first.ended("x", run, "exited", {"code": 0})
+    first.close()
+    again = AppRecords(db)
+    row = again.get("x")
+    assert row is not None and row.node_id == "w1" and row.to_json()["nodeId"] == "w1"
+    again.supervised("x", run + 1, "sup-2", node_id="w2")  # not this row's run
+    assert again.get("x").node_id == "w1"  # type: ignore[union-attr]
+    again.begin_run("x", "x", "never")
+    assert again.get("x").node_id is None  # type: ignore[union-attr]
+    again.close()
+
+
+def test_records_of_an_older_version_gain_the_node_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = kernel_db(tmp_path)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE app_records (
+          app_id TEXT PRIMARY KEY, run_id INTEGER NOT NULL, ref TEXT NOT NULL,
+          wanted INTEGER NOT NULL, supervisor TEXT, restart TEXT NOT NULL,
+          state TEXT NOT NULL, exit TEXT, updated_at REAL NOT NULL);
+        INSERT INTO app_records VALUES ('x', 4, 'x', 1, 'sup-x', 'always', 'running',
+                                        NULL, 1.0);""")
+    old.commit()
+    old.close()
+    records = AppRecords(db)
+    row = records.get("x")
+    assert row is not None and (row.run_id, row.supervisor, row.node_id) == (4, "sup-x", None)
+    records.supervised("x", 4, "sup-x", node_id="w1")
+    assert records.get("x").node_id == "w1"  # type: ignore[union-attr]
+    assert records.begin_run("y", "y", "never") == 5
+    records.close()
+    AppRecords(db).close()  # opened again: the column is there, nothing to add
+
+
 def test_begin_run_records_the_launch_with_a_new_run_id(tmp_path: Path) -> None:
     records = AppRecords(kernel_db(tmp_path))
     a = records.next_run_id()

@@ -20,8 +20,9 @@ from estarter.kernel.core import AppRecord, Kernel
 from estarter.kernel.operator_access import OperatorService
 from estarter.kernel.permissions import PermissionManager
 from estarter.manifest import parse_manifest
-from estarter.paths import log_file, state_db
+from estarter.paths import kernel_db, log_file, state_db
 from estarter.policy import SandboxPolicy
+from estarter.state import AppRecords
 from estarter.storage import (
     SHARED_STORAGE_ENV,
     log_elsewhere,
@@ -186,6 +187,34 @@ def test_log_of_a_run_ended_on_another_node_is_read_there_or_said_lost(
     finally:
         kernel.shutdown()
         kernel.permissions.close()
+
+
+def test_log_of_a_run_on_another_node_is_read_there_after_a_kernel_restart(
+        tmp_path: Path) -> None:
+    """The kernel's runs in memory are gone after a restart: the node of the app's
+    last run comes from its record, not this node's file of the same name."""
+    home = tmp_path / "h"
+    records = AppRecords(kernel_db(home))
+    run = records.begin_run("a", "a", "never")
+    records.supervised("a", run, "sup-a", node_id="w1")
+    records.ended("a", run, "exited", {"code": 0})
+    here = log_file(home, "a")
+    here.parent.mkdir(parents=True, exist_ok=True)
+    here.write_text("2026-11-29 10:00:00,000 INFO stdout the head's own file\n")
+    spawner = LogSpawner(lost=False)
+    kernel = Kernel(home, PermissionManager(state_db(home)), spawner=spawner,  # type: ignore[arg-type]
+                    records=records)
+    try:
+        assert "a" not in kernel._apps  # as after a restart
+        got = kernel.app_log("a", 5)
+        assert spawner.asked == [("w1", "a", 5)]
+        assert got["source"] == "node" and got["lines"] == ["there"]
+        assert kernel.app_log("b")["source"] == "file"  # no record: this node's file
+        assert spawner.asked == [("w1", "a", 5)]
+    finally:
+        kernel.shutdown()
+        kernel.permissions.close()
+        records.close()
 
 
 def test_cli_logs_of_a_lost_node_say_so(tmp_path: Path) -> None:
