@@ -208,9 +208,15 @@ class Runtime:
         """The last ``lines`` lines of the app's log file (timestamped), read where it
         is written: by the app's supervisor on its node while it runs, whichever node
         that is; after a run on another node without shared storage, on that node (none
-        if it is gone: ``Kernel.app_log`` says so in its ``note``); else this node's file."""
+        if it is gone: :meth:`app_log` says so); else this node's file."""
+        return list(self.app_log(app_id, lines)["lines"])
+
+    def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]:
+        """``logs`` with where they were read: ``{"lines", "source", "node",
+        "nodeId"}``, and a ``note`` when they are lost (``source`` "lost": the last run's
+        node is gone), which a caller showing logs should show instead of nothing."""
         self._check()
-        return list(self.kernel.app_log(app_id, lines)["lines"])
+        return dict(self.kernel.app_log(app_id, lines))
 
     def wait(self, app_id: str, timeout: float | None = None) -> ExitInfo | None:
         return AppHandle(self, {"appId": app_id}).wait(timeout)

@@ -31,6 +31,7 @@ class FakeBackend:
         self.notes: list[dict[str, Any]] = []
         self.event_log: list[dict[str, Any]] = []
         self.log_lines: dict[str, list[str]] = {}
+        self.log_notes: dict[str, str] = {}  # apps whose last run's log is lost
         self.actions: list[tuple[str, str]] = []
         self._cond = threading.Condition()
 
@@ -116,8 +117,11 @@ class FakeBackend:
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.notes[-limit:]
 
-    def logs(self, app_id: str, lines: int = 200) -> list[str]:
-        return self.log_lines.get(app_id, [])[-lines:]
+    def logs(self, app_id: str, lines: int = 200) -> dict[str, Any]:
+        out: dict[str, Any] = {"lines": self.log_lines.get(app_id, [])[-lines:]}
+        if app_id in self.log_notes:
+            out["note"] = self.log_notes[app_id]
+        return out
 
     def events(self, since: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

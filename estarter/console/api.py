@@ -201,8 +201,7 @@ class Console:
     async def app_logs(self, request: Request) -> Response:
         app_id = _app_id(request)
         n = _int(request.query_params.get("lines"), 200, 1, 5000)
-        return await self._run(request, False,
-                               lambda _: {"lines": self.backend.logs(app_id, n)})
+        return await self._run(request, False, lambda _: self.backend.logs(app_id, n))
 
     async def pending(self, request: Request) -> Response:
         return await self._run(request, False, lambda _: self.backend.pending())

@@ -49,7 +49,8 @@ class Backend(Protocol):
 
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
-    def logs(self, app_id: str, lines: int = 200) -> list[str]: ...
+    def logs(self, app_id: str, lines: int = 200) -> dict[str, Any]:
+        """``{"lines": [...]}``, with a ``note`` when the lines are lost."""
 
     def events(self, since: int, timeout: float) -> dict[str, Any]: ...
 
@@ -147,8 +148,12 @@ class RuntimeBackend:
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.rt.notifications(limit))
 
-    def logs(self, app_id: str, lines: int = 200) -> list[str]:
-        return list(self.rt.logs(app_id, lines))
+    def logs(self, app_id: str, lines: int = 200) -> dict[str, Any]:
+        got = self.rt.app_log(app_id, lines)
+        out: dict[str, Any] = {"lines": list(got.get("lines", []))}
+        if got.get("note"):
+            out["note"] = str(got["note"])
+        return out
 
     def events(self, since: int, timeout: float) -> dict[str, Any]:
         return dict(self.rt.events(since, timeout))

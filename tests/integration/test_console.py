@@ -163,6 +163,32 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def test_a_browser_shows_why_a_lost_nodes_log_has_no_lines(browser: Any,
+                                                           tmp_path: Path) -> None:
+    """The app page of an app whose last run's node is gone shows the kernel's note
+    (as text), not an empty log. A fake backend: losing a node needs a cluster."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.console_fakes import TOKEN, FakeBackend, served
+
+    backend = FakeBackend(tmp_path / "home")
+    backend.home.mkdir()
+    backend.add_app("far", "Far", state="exited")
+    note = f"the last run's log of far was on node {HOSTILE_LINE}, which is gone: lost"
+    backend.log_notes["far"] = note
+    with served(backend) as url:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+        browser.get(url + "/login")
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "login").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-app="far"]'))
+        browser.get(url + "/app/far")
+        shown = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#log .note"))
+        assert shown[0].text == note  # as text: the hostile part did not become markup
+        assert not browser.find_elements(By.CSS_SELECTOR, "#log img")
+
+
 def hostile_zip(folder: Path) -> Path:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

@@ -149,6 +149,16 @@ def test_hostile_app_text_goes_out_as_json_under_a_strict_csp(
     assert page.headers["x-content-type-options"] == "nosniff"
 
 
+def test_logs_of_a_lost_node_come_with_their_note(
+        client: TestClient, backend: FakeBackend) -> None:
+    backend.log_lines["hello"] = ["one", "two"]
+    assert client.get("/api/apps/hello/logs?lines=1", headers=BEARER).json() == {
+        "lines": ["two"]}
+    backend.log_notes["hello"] = "the last run's log of hello was on node w-1: lost"
+    got = client.get("/api/apps/hello/logs", headers=BEARER).json()
+    assert got["note"] == backend.log_notes["hello"]
+
+
 def test_the_page_script_never_parses_app_text_as_html() -> None:
     from estarter.console.api import static_dir
 

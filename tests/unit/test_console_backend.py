@@ -56,3 +56,19 @@ def test_app_rows_come_from_one_ps_call(tmp_path: Path) -> None:
     adhoc = apps["adhoc"]
     assert adhoc["installed"] is False and adhoc["state"] == "restarting"
     assert adhoc["restarts"] == 0 and adhoc["restartAt"] == 5.0
+
+
+def test_logs_carry_the_note_of_a_lost_node(tmp_path: Path) -> None:
+    """A last run whose node is gone has no lines: the console shows why, not nothing."""
+    note = "the last run's log of far was on node worker-1, which is gone: lost"
+
+    class LogRuntime(FakeRuntime):
+        def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]:
+            if app_id == "far":
+                return {"appId": app_id, "source": "lost", "nodeId": "w1", "lines": [],
+                        "note": note}
+            return {"appId": app_id, "source": "file", "lines": ["a", "b"][-lines:]}
+
+    backend = RuntimeBackend(LogRuntime(tmp_path, []))
+    assert backend.logs("far", 200) == {"lines": [], "note": note}
+    assert backend.logs("near", 1) == {"lines": ["b"]}

@@ -196,9 +196,11 @@ async function openApp(id) {
   document.getElementById("app-view").hidden = false;
   await loadApp();
   try {
-    const { lines } = await api("GET", `/api/apps/${seg(id)}/logs?lines=200`);
+    const { lines, note } = await api("GET", `/api/apps/${seg(id)}/logs?lines=200`);
     const log = document.getElementById("log");
     log.replaceChildren(...lines.map((l) => el("div", { class: "line file" }, l)));
+    // The last run's node is gone with its log: say so rather than show nothing.
+    if (note) log.append(el("div", { class: "line note" }, note));
     log.scrollTop = log.scrollHeight;
   } catch (e) { show(e.message, false); }
 }
