@@ -91,10 +91,13 @@ def run(
                              terminal_ask(json_out))
     try:
         info = None if local or address else read_runtime(root)
-        if info is not None and reachable(info.address):
+        # The runtime that is up: over its operator socket (no Ray driver, 1-2 s less),
+        # else as a Ray driver.
+        rt: Any = _over_socket(root) if info is not None else None
+        if rt is None and info is not None and reachable(info.address):
             with _progress(json_out, "joining the runtime that is up"):
                 rt = Runtime.connect(root)
-        else:
+        elif rt is None:
             with _progress(json_out or local, f"joining Ray at {address}" if address
                            else "starting an embedded Ray"):
                 rt = Runtime.start(local=local, address=address, home=root, strict=strict)
@@ -114,6 +117,15 @@ def run(
                                          report))
     finally:
         rt.shutdown()
+
+
+def _over_socket(root: Path) -> Any:
+    """``Runtime``'s part that ``run`` uses, over the kernel's operator socket, or None
+    (then a Ray driver): ``operator_client.reach`` says when the socket cannot serve."""
+    from .operator_client import OperatorRuntime, reach
+
+    client = reach(root)
+    return OperatorRuntime(client) if client is not None else None
 
 
 def _check_app(root: Path, ref: str) -> None:

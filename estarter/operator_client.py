@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -200,6 +201,55 @@ class OperatorClient:
         return msg
 
 
+class OperatorApp:
+    """An app launched through ``OperatorRuntime``: what ``AppHandle`` offers ``run``."""
+
+    def __init__(self, client: OperatorClient, record: dict[str, Any]) -> None:
+        self.client = client
+        self.record = record
+        self.app_id = str(record["appId"])
+
+    def stop(self, grace: float = 5.0) -> dict[str, Any]:
+        return self.client.stop(self.app_id, grace)
+
+
+class OperatorRuntime:
+    """What ``estarter run`` (and ``--watch``) use of ``Runtime``: ``launch``,
+    ``event_cursor``, ``events`` and ``shutdown``, over the operator socket, so a run
+    against ``up`` starts no Ray driver. ``events`` waits by polling the kernel, which
+    answers at once (``operator.events``), every ``POLL_SECONDS``."""
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self, client: OperatorClient) -> None:
+        self.client = client
+
+    def launch(self, ref: str, grants: list[str] | None = None, grant_all: bool = False,
+               node: str | None = None) -> OperatorApp:
+        return OperatorApp(self.client, self.client.start(ref, grants, grant_all, node))
+
+    def event_cursor(self) -> int:
+        return int(self.client.call("operator.cursor", {}))
+
+    def events(self, since: int, timeout: float = 0.0,
+               app_id: str | None = None) -> dict[str, Any]:
+        """As ``Runtime.events``: the events after ``since``, waiting up to
+        ``timeout`` seconds for one."""
+        params: dict[str, Any] = {"since": since}
+        if app_id is not None:
+            params["appId"] = app_id
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            batch = dict(self.client.call("operator.events", params))
+            left = deadline - time.monotonic()
+            if batch.get("events") or left <= 0:
+                return batch
+            time.sleep(min(self.POLL_SECONDS, left))
+
+    def shutdown(self) -> None:
+        self.client.close()
+
+
 def reach(home: Path, timeout: float = CONNECT_SECONDS) -> OperatorClient | None:
     """An operator connection to the runtime ``up`` started for ``home``, or None
     when the socket cannot serve (then use ``Runtime.connect``): no runtime recorded,
@@ -215,4 +265,5 @@ def reach(home: Path, timeout: float = CONNECT_SECONDS) -> OperatorClient | None
         return None
 
 
-__all__ = ["OperatorClient", "reach", "read_operator_token", "token_file"]
+__all__ = ["OperatorApp", "OperatorClient", "OperatorRuntime", "reach",
+           "read_operator_token", "token_file"]

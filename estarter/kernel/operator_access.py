@@ -59,6 +59,11 @@ METHODS: dict[str, OperatorMethod] = {m.name: m for m in (
     OperatorMethod("operator.revoke", False),
     OperatorMethod("operator.deny", False),
     OperatorMethod("operator.audit", False),
+    # What ``estarter run`` follows of its app. Answered at once, on the quick pool:
+    # the client polls (OperatorRuntime.events). A long poll would hold one of the
+    # operator's few waiting slots (MAX_WAITING_CALLS) per open ``estarter run``.
+    OperatorMethod("operator.cursor", False),
+    OperatorMethod("operator.events", False),
 )}
 MAX_AUDIT_ROWS = 10_000
 
@@ -78,6 +83,11 @@ class OperatorKernel(Protocol):
     def app_log(self, app_id: str, lines: int = 100) -> dict[str, Any]: ...
 
     def ps(self) -> list[dict[str, Any]]: ...
+
+    def event_cursor(self) -> int: ...
+
+    def poll_events(self, since: int, timeout: float = 0.0,
+                    app_id: str | None = None) -> dict[str, Any]: ...
 
     permissions: Any  # the kernel's permission authority (PermissionManager's methods)
 
@@ -123,6 +133,11 @@ class OperatorService:
             return k.launch(_text(p, "ref"), _names(p.get("grants")),
                             bool(p.get("grantAll", False)),
                             node=None if node is None else _text(p, "node"))
+        if method == "operator.cursor":
+            return k.event_cursor()
+        if method == "operator.events":
+            app = None if p.get("appId") is None else _text(p, "appId")
+            return k.poll_events(_seq(p.get("since", 0)), 0.0, app)
         app_id = _text(p, "appId")
         if method in PERMISSION_METHODS:
             return _permissions(k.permissions, method, app_id, p)
@@ -167,6 +182,12 @@ def _text(p: Mapping[str, Any], key: str) -> str:
     value = p.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidParams(f"{key} must be a non-empty string", {"param": key})
+    return value
+
+
+def _seq(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParams("since must be an event number >= 0", {"param": "since"})
     return value
 
 

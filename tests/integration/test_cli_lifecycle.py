@@ -136,6 +136,26 @@ def test_inspect_and_logs_of_a_running_app(shared_home: Path, tmp_path: Path) ->
     ok_json(home, "stop", "sleeper")
 
 
+def test_run_against_up_follows_the_app_to_its_exit_status(shared_home: Path,
+                                                           tmp_path: Path) -> None:
+    """``estarter run`` while a runtime is up goes through the kernel's operator socket:
+    the app's notification and exit come back as events, its status is the CLI's."""
+    from tests.integration.test_cli_run import check_hello, events
+
+    home = shared_home
+    check_hello(estarter(home, "run", str(ROOT / "samples" / "hello-native"), "--json"))
+    folder = tmp_path / "three"
+    folder.mkdir()
+    (folder / "app.py").write_text("import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)\n")
+    (folder / "manifest.json").write_text(json.dumps(
+        {"id": "three", "runtime": "python", "entry": "app.py"}))
+    proc = estarter(home, "run", str(folder), "--json")
+    assert proc.returncode == 3, proc.stderr
+    got = events(proc.stdout)
+    assert any(e["event"] == "log" and "bye" in e["message"] for e in got), got
+    assert (got[-1]["event"], got[-1]["code"]) == ("exit", 3)
+
+
 def kill_runtime(home: Path) -> None:
     """kill -9 every process of the runtime: Ray head, kernel, supervisors, apps."""
     info = read_runtime(home)

@@ -316,6 +316,97 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
     assert "restarting" in proc.stdout
 
 
+def test_cli_run_against_up_goes_over_the_socket_without_ray(tmp_path: Path) -> None:
+    """``estarter run`` against the runtime that is up: launched, followed and its exit
+    status taken over the operator socket (cursor, events polled until the exit), in a
+    fresh interpreter that must never import ray. The events wait for the app (the
+    first polls find nothing) as they would for a real one."""
+    script = FAKE_RUNTIME_UP + textwrap.dedent("""
+        folder = home.parent / "app"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(
+            {"id": "a", "runtime": "python", "entry": "app.py"}))
+        (folder / "app.py").write_text("")
+        calls = []
+        log = {"seq": 6, "time": 0.0, "event": "log", "appId": "a", "level": "info",
+               "stream": "app", "message": "hello from a"}
+        end = {"seq": 7, "time": 0.0, "event": "exit", "appId": "a", "code": 3,
+               "reason": "exited", "detail": ""}
+
+        class FakeKernel:
+            def __init__(self):
+                self.home = home
+                self.polls = 0
+            def launch(self, ref, grants=None, grant_all=False, strict=None, node=None):
+                calls.append(("launch", ref, grants, grant_all, node))
+                return {"appId": "a", "state": "starting", "runId": 1, "exit": None}
+            def event_cursor(self):
+                calls.append("cursor")
+                return 5
+            def poll_events(self, since, timeout=0.0, app_id=None):
+                assert timeout == 0.0  # answered at once: the client polls
+                self.polls += 1
+                if since == 5:
+                    out = [log]
+                elif self.polls < 4:
+                    out = []
+                else:
+                    out = [end]
+                calls.append(("events", since, app_id, len(out)))
+                return {"events": out, "next": out[-1]["seq"] if out else since,
+                        "missed": 0}
+
+        server = SocketServer(home / "run", lambda *a: None, lambda t: None,
+                              lambda *a: None, lambda *a: None,
+                              operator=OperatorService(FakeKernel()))
+        server.start()
+        from estarter.cli import app
+        # Not standalone: click returns the exit status typer.Exit carried.
+        code = app(["run", str(folder), "--json", "--home", str(home)],
+                   standalone_mode=False)
+        server.close()
+        print("CODE", code)
+        print("CALLS", json.dumps(calls))
+        print("RAY", "ray" in sys.modules)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESTARTER_", "RAY_"))}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "home")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "RAY False" in lines and "CODE 3" in lines, proc.stdout
+    calls = json.loads(next(ln for ln in lines if ln.startswith("CALLS "))[6:])
+    folder = str((tmp_path / "app").resolve())
+    assert calls[:3] == ["cursor", ["launch", folder, [], False, None], ["events", 5, "a", 1]]
+    assert calls[3:] == [["events", 6, "a", 0], ["events", 6, "a", 0], ["events", 6, "a", 1]]
+    printed = [json.loads(ln) for ln in lines if ln.startswith("{")]
+    assert [e["event"] for e in printed] == ["log", "exit"]
+    assert printed[0]["message"] == "hello from a" and printed[1]["code"] == 3
+
+
+def test_operator_events_check_their_params(tmp_path: Path) -> None:
+    from estarter.kernel.operator_access import OperatorService
+
+    class Events:
+        home = tmp_path
+
+        def event_cursor(self) -> int:
+            return 9
+
+        def poll_events(self, since: int, timeout: float = 0.0,
+                        app_id: str | None = None) -> dict[str, Any]:
+            return {"events": [], "next": since, "missed": 0, "asked": [since, app_id]}
+
+    svc = OperatorService(Events())  # type: ignore[arg-type]
+    assert svc.handle("operator.cursor", {}) == 9
+    assert svc.handle("operator.events", {"since": 4})["asked"] == [4, None]
+    assert svc.handle("operator.events", {"since": 4, "appId": "a"})["asked"] == [4, "a"]
+    assert not svc.is_blocking("operator.events")  # never holds a waiting slot
+    for bad in ({"since": -1}, {"since": "4"}, {"since": True}, {"since": 1, "appId": 5}):
+        with pytest.raises(InvalidParams):
+            svc.handle("operator.events", bad)
+
+
 def test_status_row_carries_what_the_console_shows() -> None:
     """The console builds its app rows from ``Kernel.ps`` alone: each row has the
     app's call counters and its dropped log lines, live or ended."""
