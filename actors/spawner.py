@@ -7,17 +7,15 @@ node. A request no live node could ever hold is refused at once (Unschedulable);
 one that could fit but finds the cluster full is pending, and is refused after
 ``pending_timeout`` seconds unless free capacity shows it is only slow to start.
 
-Starting a Ray actor means starting a worker process (about 0.4 s here); a launch
-should not wait for that. The pool keeps ``size`` idle supervisors that ask only
-for a slot, started ahead, and refills in the background: apps with no CPU, memory
-or node request take one; others get a dedicated actor, never returned to the pool
-(it holds their resources). A supervisor that dies without reporting its app's end
+Starting a Ray actor means starting a worker process (0.4-0.6 s here); a launch
+should not wait for that: supervisors are taken warm from ``pool.SupervisorPool``,
+for apps with CPU or memory requests too (one warm per request shape seen lately).
+A supervisor that dies without reporting its app's end
 is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import threading
@@ -35,11 +33,10 @@ from estarter.placement import NodeView, ResourceRequest
 from estarter.policy import SandboxPolicy
 
 from . import ray_api
-from .supervisor import SupervisorActor
+from .pool import DEFAULT_POOL, SupervisorPool
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POOL = int(os.environ.get("ESTARTER_SUPERVISOR_POOL", "1"))
 # How long a launch may stay pending for capacity before it is refused.
 PENDING_SECONDS = float(os.environ.get("ESTARTER_PENDING_SECONDS", "30"))
 # A pending actor that would fit the free capacity is only slow to start (worker
@@ -89,81 +86,6 @@ class RaySupervisorPort:
 
     def log_tail(self, lines: int) -> dict[str, Any]:
         return dict(self._proxy.log_tail(lines))
-
-
-class SupervisorPool:
-    """Idle supervisor actors, started ahead. Thread-safe.
-
-    ``options`` gives the Ray options of a pool actor (a slot, when the cluster
-    has slots): asked at each fill, so a pool follows the cluster it runs on.
-    """
-
-    def __init__(self, size: int = DEFAULT_POOL,
-                 options: Callable[[], dict[str, Any]] | None = None) -> None:
-        self.size = max(0, size)
-        self._options = options or dict
-        self._lock = threading.Lock()
-        self._idle: collections.deque[tuple[Any, Any]] = collections.deque()
-        self.fill()
-
-    def fill(self) -> None:
-        with self._lock:
-            missing = self.size - len(self._idle)
-        if missing <= 0:
-            return
-        opts = self._options()
-        with self._lock:
-            while len(self._idle) < self.size:
-                handle = ray_api.create(SupervisorActor, opts)
-                self._idle.append((handle, ray_api.submit(handle.ready)))
-
-    def take(self, options: dict[str, Any] | None = None) -> tuple[Any, Any, bool]:
-        """(actor, readiness ref, dedicated). Dedicated: made for these ``options``."""
-        if options:
-            handle = ray_api.create(SupervisorActor, options)
-            return handle, ray_api.submit(handle.ready), True
-        with self._lock:
-            pair = self._idle.popleft() if self._idle else None
-        if pair is not None:
-            # Refill a little later: a new worker's start-up should not compete for
-            # the CPU with the app being launched right now.
-            timer = threading.Timer(1.0, self.fill)
-            timer.daemon = True
-            timer.start()
-            return pair[0], pair[1], False
-        return self.fresh()
-
-    def wake(self, app_id: str | None) -> Callable[[], object] | None:
-        """Tell the next idle supervisor that a launch of ``app_id`` is coming
-        (``SupervisorShell.expect``): an idle worker's first task after 0.1-1 s idle
-        arrived 3-9 ms later here than the next one, and a process app's cgroups can
-        be made meanwhile. Fire and forget; another launch may take it first.
-        Returns what tells it, once the launch is over, to drop what it did not use."""
-        with self._lock:
-            head = self._idle[0][0] if self._idle else None
-        if head is None or not ray_api.hint(head.expect, app_id):
-            return None  # a hint: the launch goes on without it
-        return lambda: ray_api.hint(head.forget, app_id)
-
-    def fresh(self) -> tuple[Any, Any, bool]:
-        """A new pool-kind supervisor, for when no idle one is at hand."""
-        handle = ray_api.create(SupervisorActor, self._options())
-        return handle, ray_api.submit(handle.ready), False
-
-    def give_back(self, handle: Any) -> None:
-        """Reuse a supervisor whose app ended, or kill it if the pool is full."""
-        with self._lock:
-            if len(self._idle) < self.size:
-                self._idle.append((handle, ray_api.submit(handle.reset)))
-                return
-        ray_api.kill(handle)
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = list(self._idle), collections.deque()
-            self.size = 0
-        for handle, _ in idle:
-            ray_api.kill(handle)
 
 
 class RaySpawner:
@@ -245,10 +167,16 @@ class RaySpawner:
 
     # -- spawning --------------------------------------------------------------
 
-    def expect_launch(self, app_id: str | None) -> Callable[[], object] | None:
+    def expect_launch(self, app_id: str | None, requests: tuple[int, int] | None = None
+                      ) -> Callable[[], object] | None:
         """A launch of ``app_id`` (a process app; None: wasm) is being checked;
-        returns what releases what it did not use (``Kernel.launch``)."""
-        return self.pool.wake(app_id)
+        returns what releases what it did not use (``Kernel.launch``). ``requests``
+        (``policy.requests_of``) picks the warm supervisor that launch will take."""
+        opts = None
+        if requests is not None:
+            slots = placement.has_slots(self._live_nodes())
+            opts = _options(placement.request_of(requests, slots=slots))
+        return self.pool.wake(app_id, opts)
 
     def spawn(self, policy: SandboxPolicy, run_id: int,
               node: str | None = None) -> RaySupervisorPort:
@@ -260,6 +188,8 @@ class RaySpawner:
         # A warm pooled supervisor is placed and started already: no question to ask.
         room_before = placement.fits(req, ray_api.available_resources()) if opts else None
         handle, ready, dedicated = self.pool.take(opts)
+        if room_before is False and not ray_api.wait([ready], timeout=0)[0]:
+            room_before = self._room_after_drop(req)
         if room_before is None:
             room_before = bool(ray_api.wait([ready], timeout=0)[0]) or placement.fits(
                 req, ray_api.available_resources())
@@ -280,6 +210,16 @@ class RaySpawner:
             self.on_running(policy.app_id, run_id, started)
         return self._add_watch(handle, policy.app_id, run_id, started.get("nodeId", ""),
                                dedicated)
+
+    def _room_after_drop(self, req: ResourceRequest) -> bool:
+        """No room for ``req``: our idle warm supervisors of other shapes go (they
+        held room a launch needs). Whether there is room with what they held."""
+        freed = self.pool.drop_shaped()
+        if not freed:
+            return False
+        free = ray_api.available_resources()
+        return placement.fits(req, {name: free.get(name, 0.0) + freed.get(name, 0.0)
+                                    for name in {*free, *freed}})
 
     def _wait_placed(self, policy: SandboxPolicy, req: ResourceRequest, ready: Any,
                      room_before: bool = False) -> Any:

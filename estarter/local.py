@@ -62,9 +62,11 @@ class LocalSpawner:
         self.port: LocalKernelPort | None = None
         self.supervisors: list[Supervisor] = []
 
-    def expect_launch(self, app_id: str | None) -> Callable[[], None] | None:
+    def expect_launch(self, app_id: str | None, requests: tuple[int, int] | None = None
+                      ) -> Callable[[], None] | None:
         """A launch of ``app_id`` (a process app; None: wasm) is being checked;
-        returns what releases what it did not use (``Kernel.launch``)."""
+        returns what releases what it did not use (``Kernel.launch``). ``requests``
+        picks a warm supervisor on Ray; here there is one kind."""
         from .hosting import limits
 
         if app_id is None or not limits.expect_launch(app_id):

@@ -85,9 +85,18 @@ class ResourceRequest:
 def request_for(policy: SandboxPolicy, *, slots: bool = True,
                 node_id: str | None = None) -> ResourceRequest:
     """The request of an app with ``policy``; ``slots`` is whether the cluster has them."""
+    return request_of((policy.cpu_quota_percent, policy.memory_limit_bytes), slots=slots,
+                      node_id=node_id)
+
+
+def request_of(requests: tuple[int, int], *, slots: bool = True,
+               node_id: str | None = None) -> ResourceRequest:
+    """The request of an app asking for ``(cpu_quota_percent, memory_limit_bytes)``
+    (``policy.requests_of``: known from the manifest, before its policy is built)."""
+    cpu_quota_percent, memory_limit_bytes = requests
     return ResourceRequest(
-        num_cpus=policy.cpu_quota_percent / 100.0,
-        memory_bytes=policy.memory_limit_bytes,
+        num_cpus=cpu_quota_percent / 100.0,
+        memory_bytes=memory_limit_bytes,
         slots=1.0 if slots else 0.0,
         node_id=node_id,
     )

@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # a policy is made from a manifest on the kernel's side only:
 MIB = 1024 * 1024
 
 
+def requests_of(manifest: AppManifest) -> tuple[int, int]:
+    """(cpu_quota_percent, memory_limit_bytes) as the app's policy holds them: what its
+    supervisor asks of the cluster (``placement.request_of``)."""
+    return manifest.cpu_quota, manifest.memory_limit_mb * MIB
+
+
 @dataclass(frozen=True)
 class SandboxPolicy:
     app_id: str
@@ -64,6 +70,7 @@ class SandboxPolicy:
         """Build the policy; ``granted`` defaults to the requested part of ``basic`` (what
         is granted without asking), and is never more than what is requested."""
         requested = manifest.requested_permissions
+        cpu_quota_percent, memory_limit_bytes = requests_of(manifest)
         return cls(
             app_id=manifest.id,
             runtime=manifest.runtime,
@@ -72,9 +79,9 @@ class SandboxPolicy:
             args=tuple(manifest.args),
             requested=requested,
             granted=(requested & BASIC) if granted is None else (granted & requested),
-            memory_limit_bytes=manifest.memory_limit_mb * MIB,
+            memory_limit_bytes=memory_limit_bytes,
             max_processes=manifest.max_processes,
-            cpu_quota_percent=manifest.cpu_quota,
+            cpu_quota_percent=cpu_quota_percent,
             network_allowed=manifest.network_allowed,
             max_runtime_seconds=float(manifest.max_runtime_seconds),
             disk_quota_bytes=manifest.disk_quota_mb * MIB,

@@ -25,7 +25,7 @@ from ..hosting.applog import STREAMS, level_of, one_line, tail_file
 from ..hosting.base import ExitInfo, ExitReason, HostState, lost
 from ..manifest import AppManifest, RuntimeKind, load_manifest
 from ..paths import kernel_db, log_file
-from ..policy import SandboxPolicy
+from ..policy import SandboxPolicy, requests_of
 from ..state import AppRecords
 from ..storage import log_elsewhere, lost_log_note
 from ..store import pin_folder, unpin_folder
@@ -290,7 +290,8 @@ class Kernel:
         # releases what the launch did not use: the launch failed first, or another
         # supervisor started it. Called either way: what was used is gone already.
         expect = getattr(self.spawner, "expect_launch", None)
-        release = (expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id)
+        release = (expect(None if manifest.runtime is RuntimeKind.WASM else manifest.id,
+                          requests_of(manifest))
                    if expect is not None else None)
         try:
             return self._launch(manifest, app_dir, ref, grants, grant_all, strict, node)

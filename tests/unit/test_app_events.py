@@ -40,12 +40,13 @@ class RecordingSpawner:
         return self.ports[policy.app_id]
 
 
-def _app(root: Path, app_id: str, permissions: list[str]) -> Path:
+def _app(root: Path, app_id: str, permissions: list[str], **fields: Any) -> Path:
     folder = root / app_id
     folder.mkdir(parents=True)
     (folder / "app.py").write_text("print('hi')\n")
     (folder / "manifest.json").write_text(json.dumps(
-        {"id": app_id, "runtime": "python", "entry": "app.py", "permissions": permissions}))
+        {"id": app_id, "runtime": "python", "entry": "app.py", "permissions": permissions,
+         **fields}))
     return folder
 
 
@@ -113,9 +114,12 @@ def test_a_spawner_hears_of_a_launch_once_resolved_and_releases_what_it_readied(
             super().__init__()
             self.expected: list[tuple[str | None, int]] = []  # (app, apps spawned then)
             self.released: list[tuple[str | None, int]] = []
+            self.requests: list[tuple[int, int] | None] = []  # (cpu %, memory bytes)
 
-        def expect_launch(self, app_id: str | None) -> Any:
+        def expect_launch(self, app_id: str | None,
+                          requests: tuple[int, int] | None = None) -> Any:
             self.expected.append((app_id, len(self.ports)))
+            self.requests.append(requests)
             return lambda: self.released.append((app_id, len(self.ports)))
 
     home = tmp_path / "home"
@@ -130,6 +134,12 @@ def test_a_spawner_hears_of_a_launch_once_resolved_and_releases_what_it_readied(
             k.launch(str(one))  # announced, then refused: released all the same
         assert spawner.expected == [("one", 0), ("one", 1)] and list(spawner.ports) == ["one"]
         assert spawner.released == [("one", 1), ("one", 1)]  # after the spawn, and after Busy
+        # What the launch will ask of the cluster, from the manifest: picks the warm
+        # supervisor of that shape (actors.pool).
+        assert spawner.requests == [(0, 0), (0, 0)]
+        big = _app(tmp_path, "big", [], memoryLimitMb=64, cpuQuota=50)
+        k.launch(str(big))
+        assert spawner.requests[-1] == (50, 64 << 20)
     finally:
         k.shutdown()
         k.permissions.close()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from actors import ray_api
-from actors.spawner import SupervisorPool
+from actors.pool import SupervisorPool, shape_key
 
 
 class FakeMethod:
@@ -67,11 +67,61 @@ def test_take_hands_out_an_idle_one_then_fresh_ones(fake: FakeRay) -> None:
 
 
 def test_an_app_with_requests_gets_a_dedicated_supervisor(fake: FakeRay) -> None:
-    pool = SupervisorPool(1)
+    pool = SupervisorPool(1, shapes=0)
     handle, _, dedicated = pool.take({"num_cpus": 0.5})
     assert dedicated is True and handle.options == {"num_cpus": 0.5}
     assert len(pool._idle) == 1  # the warm one is still there for the next app
     pool.close()
+
+
+MEM = {"num_cpus": 0.0, "memory": 256 << 20}
+CPU = {"num_cpus": 0.5}
+
+
+def test_a_shape_launched_once_has_a_warm_supervisor_for_the_next(fake: FakeRay) -> None:
+    """Ray fixes an actor's resources: a warm supervisor per request shape (most apps
+    ask for memory), made after the first launch of that shape."""
+    pool = SupervisorPool(0, room=lambda opts: True)
+    first, _, dedicated = pool.take(MEM)
+    assert dedicated is True and first.options == MEM  # the first pays the start
+    pool.fill_shape(pool_key := next(iter(pool._shaped)))  # the refill, a second later
+    warm = fake.created[-1]
+    assert warm is not first and warm.options == MEM and warm.calls == ["ready"]
+    assert pool.wake("app", dict(MEM)) is not None  # the launch's hint goes to it
+    second, ready, dedicated = pool.take(dict(MEM))
+    assert second is warm and ready == (warm.name, "ready") and dedicated is True
+    assert warm.calls == ["ready", "expect"]
+    pool.fill_shape(pool_key)
+    pool.fill_shape(pool_key)  # one warm per shape, never two
+    assert len(fake.created) == 3
+    pinned, _, _ = pool.take({**MEM, "scheduling_strategy": "node-x"})
+    assert pinned.options["scheduling_strategy"] == "node-x"  # never pooled
+    assert len(pool._shaped) == 1
+    pool.close()
+    assert fake.killed == [fake.created[2].name]  # the idle one; the taken ones run apps
+
+
+def test_warm_shapes_hold_no_room_a_launch_needs(fake: FakeRay) -> None:
+    """A shape is refilled only while there is room for two of it; the least recent
+    shape beyond ``shapes`` goes; a launch short of room drops the idle ones."""
+    room = {"ok": False}
+    pool = SupervisorPool(0, shapes=2, room=lambda opts: room["ok"])
+    pool.take(MEM)
+    pool.fill_shape(next(iter(pool._shaped)))
+    assert len(fake.created) == 1  # no room: no warm one
+    room["ok"] = True
+    for shape in (MEM, CPU):
+        pool.take(shape)
+        pool.fill_shape(list(pool._shaped)[-1])
+    # sup-1 and sup-3 run the apps of those launches; sup-2 and sup-4 wait warm.
+    assert [h.options for h in fake.created[1:]] == [MEM, MEM, CPU, CPU]
+    pool.take({"num_cpus": 1.0})  # a third shape: the least recent (MEM) goes
+    assert list(pool._shaped) == [shape_key(CPU), shape_key({"num_cpus": 1.0})]
+    assert fake.killed == ["sup-2"]
+    assert pool.drop_shaped() == {"CPU": 0.5} and fake.killed == ["sup-2", "sup-4"]
+    assert pool.drop_shaped() == {}
+    pool.close()
+    assert fake.killed == ["sup-2", "sup-4"]  # nothing else was idle
 
 
 def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
@@ -136,3 +186,22 @@ def test_pending_with_room_is_a_worker_that_did_not_start(
         err = _pending(monkeypatch, free=free, room_before=room_before)
         assert isinstance(err, ApiTimeout) and not isinstance(err, Unschedulable)
         assert "did not start" in str(err) and "full" not in str(err)
+
+
+def test_a_launch_short_of_room_counts_what_the_idle_shapes_held(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room they freed decides whether the launch waits (placed soon) or is
+    refused as Unschedulable (the cluster is full all the same)."""
+    from types import SimpleNamespace
+
+    from actors.spawner import RaySpawner
+    from estarter.placement import ResourceRequest
+
+    monkeypatch.setattr(ray_api, "available_resources", lambda: {"CPU": 0.25})
+    dropped = {"CPU": 0.5}
+    spawner = SimpleNamespace(pool=SimpleNamespace(drop_shaped=lambda: dict(dropped)))
+    room = RaySpawner._room_after_drop
+    assert room(spawner, ResourceRequest(num_cpus=0.75)) is True  # type: ignore[arg-type]
+    assert room(spawner, ResourceRequest(num_cpus=1.0)) is False  # type: ignore[arg-type]
+    dropped.clear()
+    assert room(spawner, ResourceRequest(num_cpus=0.25)) is False  # type: ignore[arg-type]

@@ -1,0 +1,215 @@
+"""Warm supervisor actors, started ahead of the launches that will take them.
+
+Starting a Ray actor means starting a worker process (0.4-0.6 s here); a launch
+should not wait for that. Ray fixes an actor's resources when it is created, so a
+warm supervisor serves only launches that ask for exactly what it holds:
+
+- the **slot pool**: ``size`` idle supervisors that ask only for an app slot (when
+  the cluster advertises slots), for apps without CPU or memory requests. One whose
+  app ended is reset and reused while the pool has room (``give_back``).
+- **shapes**: for an app with CPU or memory requests (``cpuQuotaPercent``,
+  ``memoryLimitMb``: most apps), one idle supervisor per request shape seen lately,
+  the last ``shapes`` of them. The first launch of a shape makes its supervisor
+  (dedicated, as before); from then on a warm one waits for the next. It holds its
+  shape's resources while idle, so it is made only while the cluster has room for
+  two of that shape (a warm one never takes the last room), and a launch that finds
+  no room drops the idle ones (``drop_shaped``). Their supervisors are killed when
+  their app ends: they held that app's resources.
+
+A launch pinned to a node (``scheduling_strategy``) always gets its own actor.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import ray_api
+from .supervisor import SupervisorActor
+
+DEFAULT_POOL = int(os.environ.get("ESTARTER_SUPERVISOR_POOL", "1"))
+DEFAULT_SHAPES = int(os.environ.get("ESTARTER_SUPERVISOR_SHAPES", "4"))
+REFILL_SECONDS = 1.0  # after a take: a new worker's start-up should not compete
+# for the CPU with the app being launched right now
+_EPSILON = 1e-9
+
+Pair = tuple[Any, Any]  # (actor handle, its readiness ref)
+
+
+def shape_key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def held(options: dict[str, Any]) -> dict[str, float]:
+    """What a supervisor with these Ray options holds, by Ray resource name."""
+    return {"CPU": float(options.get("num_cpus", 0.0)),
+            "memory": float(options.get("memory", 0.0)),
+            **{k: float(v) for k, v in options.get("resources", {}).items()}}
+
+
+def fits_now(options: dict[str, Any], times: float = 1.0) -> bool:
+    """Whether the cluster has ``times`` x what a supervisor with these options holds
+    free right now (summed over nodes, as placement's ``room`` check)."""
+    need = held(options)
+    free = ray_api.available_resources()
+    return all(free.get(name, 0.0) + _EPSILON >= amount * times
+               for name, amount in need.items() if amount > 0)
+
+
+class SupervisorPool:
+    """Idle supervisor actors. Thread-safe.
+
+    ``options`` gives the Ray options of a slot-pool actor (a slot, when the cluster
+    has slots): asked at each fill, so a pool follows the cluster it runs on.
+    """
+
+    def __init__(self, size: int = DEFAULT_POOL,
+                 options: Callable[[], dict[str, Any]] | None = None,
+                 shapes: int = DEFAULT_SHAPES,
+                 room: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.size = max(0, size)
+        self.shapes = max(0, shapes)
+        self._options = options or dict
+        self._room = room or (lambda opts: fits_now(opts, times=2.0))
+        self._lock = threading.Lock()
+        self._idle: collections.deque[Pair] = collections.deque()
+        # shape key -> (its options, idle ones); least recently launched first
+        self._shaped: collections.OrderedDict[
+            str, tuple[dict[str, Any], collections.deque[Pair]]] = collections.OrderedDict()
+        self.fill()
+
+    def fill(self) -> None:
+        with self._lock:
+            missing = self.size - len(self._idle)
+        if missing <= 0:
+            return
+        opts = self._options()
+        with self._lock:
+            while len(self._idle) < self.size:
+                handle = ray_api.create(SupervisorActor, opts)
+                self._idle.append((handle, ray_api.submit(handle.ready)))
+
+    def take(self, options: dict[str, Any] | None = None) -> tuple[Any, Any, bool]:
+        """(actor, readiness ref, dedicated). Dedicated: made for these ``options``
+        (or warm for their shape); it holds them until its app ends."""
+        if options:
+            return self._take_shaped(options)
+        with self._lock:
+            pair = self._idle.popleft() if self._idle else None
+        if pair is not None:
+            self._later(self.fill)
+            return pair[0], pair[1], False
+        return self.fresh()
+
+    def _take_shaped(self, options: dict[str, Any]) -> tuple[Any, Any, bool]:
+        if "scheduling_strategy" in options or not self.shapes:
+            return self._made(options)
+        key = shape_key(options)
+        evicted: list[Pair] = []
+        with self._lock:
+            entry = self._shaped.get(key)
+            if entry is None:
+                entry = self._shaped[key] = (dict(options), collections.deque())
+                while len(self._shaped) > self.shapes:  # the least recent shape goes
+                    evicted += self._shaped.popitem(last=False)[1][1]
+            self._shaped.move_to_end(key)
+            pair = entry[1].popleft() if entry[1] else None
+        for handle, _ in evicted:
+            ray_api.kill(handle)
+        self._later(lambda: self.fill_shape(key))
+        return (pair[0], pair[1], True) if pair is not None else self._made(options)
+
+    def fill_shape(self, key: str) -> None:
+        """One idle supervisor for the shape ``key``, if it has none and there is room."""
+        with self._lock:
+            entry = self._shaped.get(key)
+            if entry is None or entry[1]:
+                return
+            opts = entry[0]
+        if not self._room(opts):
+            return
+        handle = ray_api.create(SupervisorActor, opts)
+        with self._lock:
+            entry = self._shaped.get(key)
+            keep = entry is not None and not entry[1]
+            if keep:
+                assert entry is not None
+                entry[1].append((handle, ray_api.submit(handle.ready)))
+        if not keep:  # taken meanwhile, or the shape was dropped or closed
+            ray_api.kill(handle)
+
+    def drop_shaped(self) -> dict[str, float]:
+        """Kill the idle shaped supervisors, whose resources a launch needs now;
+        returns what they held (Ray frees it as they go). Their shapes stay known:
+        refilled after their next launch."""
+        freed: dict[str, float] = {}
+        idle: list[Pair] = []
+        with self._lock:
+            for opts, waiting in self._shaped.values():
+                for name, amount in held(opts).items():
+                    freed[name] = freed.get(name, 0.0) + amount * len(waiting)
+                idle += waiting
+                waiting.clear()
+        for handle, _ in idle:
+            ray_api.kill(handle)
+        return {name: amount for name, amount in freed.items() if amount > 0}
+
+    def wake(self, app_id: str | None,
+             options: dict[str, Any] | None = None) -> Callable[[], object] | None:
+        """Tell the idle supervisor the next launch (of ``app_id``, with ``options``)
+        will take that it is coming (``SupervisorShell.expect``): an idle worker's
+        first task after 0.1-1 s idle arrived 3-9 ms later here than the next one, and
+        a process app's cgroups can be made meanwhile. Fire and forget; another launch
+        may take it first. Returns what tells it, once the launch is over, to drop what
+        it did not use."""
+        with self._lock:
+            if options:
+                entry = self._shaped.get(shape_key(options))
+                waiting = entry[1] if entry is not None else None
+            else:
+                waiting = self._idle
+            head = waiting[0][0] if waiting else None
+        if head is None or not ray_api.hint(head.expect, app_id):
+            return None  # a hint: the launch goes on without it
+        return lambda: ray_api.hint(head.forget, app_id)
+
+    def fresh(self) -> tuple[Any, Any, bool]:
+        """A new slot-pool supervisor, for when no idle one is at hand."""
+        handle = ray_api.create(SupervisorActor, self._options())
+        return handle, ray_api.submit(handle.ready), False
+
+    def give_back(self, handle: Any) -> None:
+        """Reuse a slot-pool supervisor whose app ended, or kill it if the pool is full."""
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append((handle, ray_api.submit(handle.reset)))
+                return
+        ray_api.kill(handle)
+
+    def close(self) -> None:
+        with self._lock:
+            idle = list(self._idle)
+            idle += [pair for _, waiting in self._shaped.values() for pair in waiting]
+            self._idle, self._shaped = collections.deque(), collections.OrderedDict()
+            self.size = self.shapes = 0
+        for handle, _ in idle:
+            ray_api.kill(handle)
+
+    @staticmethod
+    def _made(options: dict[str, Any]) -> tuple[Any, Any, bool]:
+        handle = ray_api.create(SupervisorActor, options)
+        return handle, ray_api.submit(handle.ready), True
+
+    @staticmethod
+    def _later(action: Callable[[], None]) -> None:
+        timer = threading.Timer(REFILL_SECONDS, action)
+        timer.daemon = True
+        timer.start()
+
+
+__all__ = ["DEFAULT_POOL", "DEFAULT_SHAPES", "SupervisorPool", "fits_now", "held",
+           "shape_key"]
