@@ -283,6 +283,7 @@ class RaySpawner:
         while True:
             try:
                 self.watch_step(timeout=0.5)
+                self.pool.expire()
             except Exception:
                 log.exception("supervisor watcher: a step failed; going on")
                 self._wake.wait(0.5)

@@ -229,3 +229,23 @@ def test_the_launch_hint_names_the_shape_without_asking_the_gcs() -> None:
     assert woken == [("a", {"num_cpus": 0.5, "memory": 64 << 20,
                             "resources": {"estarter_app_slot": 1.0}}),
                      ("b", {})]
+
+
+def test_a_shape_not_launched_for_a_while_is_forgotten(fake: FakeRay) -> None:
+    """An idle Ray worker costs CPU and memory: a warm one waits only for shapes in use."""
+    now = [0.0]
+    pool = SupervisorPool(0, room=lambda opts: True, clock=lambda: now[0])
+    pool.take(MEM)
+    pool.fill_shape(shape_key(MEM))
+    now[0] = 300.0
+    pool.take(CPU)
+    pool.fill_shape(shape_key(CPU))
+    warm_mem, warm_cpu = fake.created[1], fake.created[3]
+    assert pool.expire(600.0) == 0
+    now[0] = 650.0
+    assert pool.expire(600.0) == 1 and fake.killed == [warm_mem.name]
+    assert list(pool._shaped) == [shape_key(CPU)]  # MEM's next launch starts afresh
+    now[0] = 900.0
+    assert pool.expire(600.0) == 1 and fake.killed == [warm_mem.name, warm_cpu.name]
+    assert pool.expire(600.0) == 0 and not pool._shaped
+    pool.close()
