@@ -22,7 +22,7 @@ from . import ray_api
 from .options import KERNEL_OPTIONS, VFS_OPTIONS
 
 KERNEL_METHODS = (
-    "adopt", "app_exited", "app_info", "app_log", "app_logs", "app_running", "audit",
+    "actors", "adopt", "app_exited", "app_info", "app_log", "app_logs", "app_running", "audit",
     "authenticate", "describe", "event_cursor", "grant", "handle", "is_running",
     "launch", "list_apps", "notifications", "ping", "poll_events", "ps", "push",
     "push_all", "quota_of", "record_of", "recover", "recovery_report", "release",

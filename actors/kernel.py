@@ -95,6 +95,11 @@ class RayKernel(Kernel):
         """The hot path of every app's API call (see estarter.protocol.kernel_wire)."""
         return serve_call(self.handle, payload)
 
+    def actors(self) -> list[dict[str, Any]]:
+        """The runtime's actors, as ``doctor`` shows them (``describe_runtime``):
+        what ``operator.actors`` answers, so ``doctor`` needs no Ray driver."""
+        return describe_runtime(self.home)
+
     def describe(self) -> dict[str, Any]:
         """Which home this kernel serves and how many apps run (for reuse checks)."""
         assert isinstance(self.spawner, RaySpawner)

@@ -549,12 +549,23 @@ def doctor(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     """What this host can enforce, one line per capability; whether a runtime is up."""
     from .daemon import reachable, read_runtime
     from .hosting.limits import host_capabilities
+    from .operator_client import reach
 
     caps = host_capabilities()
-    info = read_runtime(home_of(home))
-    runtime: dict[str, Any] = {"up": bool(info and reachable(info.address)),
-                               "address": info.address if info else None, "actors": []}
-    if runtime["up"]:
+    root = home_of(home)
+    info = read_runtime(root)
+    # The kernel's operator socket answers in ms; a Ray driver (the fallback) in 1-2 s.
+    client = reach(root) if info is not None else None
+    runtime: dict[str, Any] = {
+        "up": client is not None or bool(info and reachable(info.address)),
+        "address": info.address if info else None, "actors": []}
+    if client is not None:
+        try:
+            with errors_exit_2():
+                runtime["actors"] = client.actors()
+        finally:
+            client.close()
+    elif runtime["up"]:
         with connected(home) as rt:
             runtime["actors"] = rt.actors()
     data = {"capabilities": caps, "runtime": runtime}

@@ -127,6 +127,10 @@ class OperatorClient:
     def info(self, app_id: str) -> dict[str, Any]:
         return dict(self.call("operator.info", {"appId": app_id}))
 
+    def actors(self) -> list[dict[str, Any]]:
+        """The runtime's actors with role, node and pid (``estarter doctor``)."""
+        return list(self.call("operator.actors", {}, STOP_SECONDS))
+
     def logs(self, app_id: str, lines: int = 100) -> dict[str, Any]:
         """The tail of the app's log, read on its node by its supervisor while it runs."""
         return dict(self.call("operator.logs", {"appId": app_id, "lines": lines}))

@@ -64,6 +64,8 @@ METHODS: dict[str, OperatorMethod] = {m.name: m for m in (
     # operator's few waiting slots (MAX_WAITING_CALLS) per open ``estarter run``.
     OperatorMethod("operator.cursor", False),
     OperatorMethod("operator.events", False),
+    # ``doctor``'s list of the runtime's actors: one Ray call to each (waits).
+    OperatorMethod("operator.actors", True),
 )}
 MAX_AUDIT_ROWS = 10_000
 
@@ -135,6 +137,11 @@ class OperatorService:
                             node=None if node is None else _text(p, "node"))
         if method == "operator.cursor":
             return k.event_cursor()
+        if method == "operator.actors":
+            actors = getattr(k, "actors", None)  # a Ray runtime's kernel (RayKernel)
+            if actors is None:
+                raise MethodNotFound("operator.actors: this kernel lists no actors")
+            return actors()
         if method == "operator.events":
             app = None if p.get("appId") is None else _text(p, "appId")
             return k.poll_events(_seq(p.get("since", 0)), 0.0, app)

@@ -246,8 +246,8 @@ def _fresh_interpreter(script: str, tmp_path: Path) -> tuple[list[str], Any]:
 
 
 def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) -> None:
-    """ps, start, stop, restart and inspect against a fake kernel behind the real
-    socket server, in a fresh interpreter that must never import ray."""
+    """ps, start, stop, restart, inspect, permissions and doctor against a fake kernel
+    behind the real socket server, in a fresh interpreter that must never import ray."""
     script = FAKE_RUNTIME_UP + textwrap.dedent("""
         calls = []
 
@@ -297,6 +297,10 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
             def app_info(self, app_id):
                 calls.append(("info", app_id))
                 return {**self.rec(app_id, "running"), "host": {"pid": 1}}
+            def actors(self):
+                calls.append("actors")
+                return [{"name": "estarter-kernel", "role": "kernel", "node": "10.0.0.1",
+                         "pid": 7, "nice": 0, "alive": True}]
 
         server = SocketServer(home / "run", lambda *a: None, lambda t: None,
                               lambda *a: None, lambda *a: None,
@@ -307,7 +311,7 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
                      ["stop", "a", "--grace", "1"], ["restart", "a"], ["inspect", "a"],
                      ["permissions", "list", "a"], ["permissions", "grant", "a", "fs.write"],
                      ["permissions", "revoke", "a", "fs.read"], ["permissions", "deny", "a"],
-                     ["permissions", "audit", "a", "--limit", "5"]):
+                     ["permissions", "audit", "a", "--limit", "5"], ["doctor"]):
             rc = app([*argv, "--home", str(home)], standalone_mode=False)
             assert not rc, (argv, rc)
         server.close()
@@ -319,8 +323,11 @@ def test_cli_operator_commands_go_over_the_socket_without_ray(tmp_path: Path) ->
                      ["stop", "a", 1.0], ["restart", "a", 5.0], ["info", "a"],
                      ["requested", "a"], ["grant", "a", ["fs.write"], "cli"],
                      ["revoke", "a", ["fs.read"], "cli"], ["deny", "a", None, "cli"],
-                     ["audit", "a", 5]]
+                     ["audit", "a", 5], "actors"]
     assert any("restarting" in line for line in lines)
+    # doctor: the runtime is up (its socket answers) and its actors come through it.
+    assert any("kernel" in line and "estarter-kernel" in line and "pid 7" in line
+               for line in lines), lines
 
 
 def test_cli_run_against_up_goes_over_the_socket_without_ray(tmp_path: Path) -> None:
@@ -404,6 +411,9 @@ def test_operator_events_check_their_params(tmp_path: Path) -> None:
     assert svc.handle("operator.events", {"since": 4})["asked"] == [4, None]
     assert svc.handle("operator.events", {"since": 4, "appId": "a"})["asked"] == [4, "a"]
     assert not svc.is_blocking("operator.events")  # never holds a waiting slot
+    assert svc.is_blocking("operator.actors")  # a Ray call to each actor
+    with pytest.raises(MethodNotFound):  # a kernel that lists no actors (no Ray)
+        svc.handle("operator.actors", {})
     for bad in ({"since": -1}, {"since": "4"}, {"since": True}, {"since": 1, "appId": 5}):
         with pytest.raises(InvalidParams):
             svc.handle("operator.events", bad)
