@@ -18,7 +18,8 @@ warm supervisor serves only launches that ask for exactly what it holds:
   idle Ray worker costs ~1.8% of a core and ~50 MiB here. Their supervisors are
   killed when their app ends: they held that app's resources.
 
-A launch pinned to a node (``scheduling_strategy``) always gets its own actor.
+A launch pinned to a node (``scheduling_strategy``) always gets its own actor. When
+a node is lost the idle ones go (``flush``): a launch that took a dead one would fail.
 """
 
 from __future__ import annotations
@@ -171,17 +172,36 @@ class SupervisorPool:
         """Kill the idle shaped supervisors, whose resources a launch needs now;
         returns what they held (Ray frees it as they go). Their shapes stay known:
         refilled after their next launch."""
-        freed: dict[str, float] = {}
-        idle: list[Pair] = []
         with self._lock:
-            for opts, waiting in self._shaped.values():
-                for name, amount in held(opts).items():
-                    freed[name] = freed.get(name, 0.0) + amount * len(waiting)
-                idle += waiting
-                waiting.clear()
+            idle, freed = self._clear_shaped()
         for handle, _ in idle:
             ray_api.kill(handle)
-        return {name: amount for name, amount in freed.items() if amount > 0}
+        return freed
+
+    def _clear_shaped(self) -> tuple[list[Pair], dict[str, float]]:
+        """Under the lock: take the idle shaped supervisors out; they and what they held."""
+        freed: dict[str, float] = {}
+        idle: list[Pair] = []
+        for opts, waiting in self._shaped.values():
+            for name, amount in held(opts).items():
+                freed[name] = freed.get(name, 0.0) + amount * len(waiting)
+            idle += waiting
+            waiting.clear()
+        return idle, {name: amount for name, amount in freed.items() if amount > 0}
+
+    def flush(self) -> int:
+        """A node was lost: idle supervisors may have gone with it, and a launch that
+        took a dead one would fail. Kill every idle one (they are cheap to make again,
+        and where each runs is not known for all), then refill the slot pool; shapes
+        refill at their next launch. Returns how many were killed."""
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+            shaped, _ = self._clear_shaped()
+        for handle, _ in idle + shaped:
+            ray_api.kill(handle)
+        self.fill()
+        return len(idle) + len(shaped)
 
     def wake(self, app_id: str | None,
              options: dict[str, Any] | None = None) -> Callable[[], object] | None:

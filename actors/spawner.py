@@ -347,6 +347,8 @@ class RaySpawner:
         reason = lost_reason(node, detail, ray_api.node_alive, NODE_DEATH_GRACE)
         if self.on_exited is not None:
             self.on_exited(app_id, run_id, lost(reason, detail))
+        if reason is ExitReason.NODE_LOST:
+            self.pool.flush()  # idle supervisors on that node went with it
 
 
 def supervisor_answers(probe: Callable[[], Any], tries: int = CONFIRM_TRIES,

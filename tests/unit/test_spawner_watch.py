@@ -41,6 +41,9 @@ class FakePool:
     def give_back(self, handle: Any) -> None:
         self.given_back.append(handle)
 
+    def expire(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 

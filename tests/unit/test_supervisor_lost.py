@@ -22,6 +22,7 @@ from estarter.kernel.core import Kernel
 from estarter.kernel.permissions import PermissionManager
 from estarter.paths import state_db
 from estarter.store import AppStore
+from tests.apps import wait_until
 
 from .test_cli import FakeSpawner, make_app
 
@@ -71,16 +72,26 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Pool:
+    def __init__(self) -> None:
+        self.flushed = 0
+
     def give_back(self, handle: Any) -> None:
         pass
+
+    def expire(self) -> int:
+        return 0
+
+    def flush(self) -> int:
+        self.flushed += 1
+        return 0
 
     def close(self) -> None:
         pass
 
 
-def watch(tmp_path: Path, sup: FakeSupervisor) -> dict[str, Any]:
+def watch(tmp_path: Path, sup: FakeSupervisor, pool: Pool | None = None) -> dict[str, Any]:
     spawner = RaySpawner(tmp_path, pool_size=0)
-    spawner.pool = Pool()  # type: ignore[assignment]
+    spawner.pool = pool or Pool()  # type: ignore[assignment]
     got: dict[str, Any] = {}
     done = threading.Event()
 
@@ -107,9 +118,24 @@ def test_transient_wait_error_of_a_live_supervisor_is_not_a_loss(fake_ray: None,
 def test_a_supervisor_that_does_not_answer_is_lost(fake_ray: None, tmp_path: Path) -> None:
     dead = ActorUnavailable("actor is gone: its worker process has died")
     sup = FakeSupervisor(waits=[dead], readies=[dead])
-    got = watch(tmp_path, sup)
+    pool = Pool()
+    got = watch(tmp_path, sup, pool)
     assert got["reason"] == "supervisor_lost" and got["failed"] is True
+    assert pool.flushed == 0
     assert sup.ready.calls == 3  # asked CONFIRM_TRIES times before calling it lost
+
+
+def test_a_lost_node_takes_the_idle_warm_supervisors_out_of_the_pool(
+        fake_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch that took a warm supervisor of a dead node would fail: after a node
+    loss the pool is flushed (after the lost app is reported); not after a lone
+    supervisor's loss."""
+    monkeypatch.setattr(ray_api, "node_alive", lambda node: False)
+    dead = ActorUnavailable("actor is gone: its node has died")
+    pool = Pool()
+    got = watch(tmp_path, FakeSupervisor(waits=[dead], readies=[dead]), pool)
+    assert got["reason"] == "node_lost"
+    assert wait_until(lambda: pool.flushed == 1, TIMEOUT)
 
 
 def test_supervisor_answers_gives_up_after_the_tries() -> None:

@@ -249,3 +249,14 @@ def test_a_shape_not_launched_for_a_while_is_forgotten(fake: FakeRay) -> None:
     assert pool.expire(600.0) == 1 and fake.killed == [warm_mem.name, warm_cpu.name]
     assert pool.expire(600.0) == 0 and not pool._shaped
     pool.close()
+
+
+def test_flush_kills_every_idle_supervisor_and_refills_the_slot_pool(fake: FakeRay) -> None:
+    pool = SupervisorPool(1, room=lambda opts: True)
+    pool.take(MEM)
+    pool.fill_shape(shape_key(MEM))
+    idle = [fake.created[0].name, fake.created[2].name]  # the slot pool's, MEM's warm one
+    assert pool.flush() == 2 and sorted(fake.killed) == sorted(idle)
+    assert len(fake.created) == 4 and pool._idle[0][0] is fake.created[3]  # refilled
+    assert shape_key(MEM) in pool._shaped  # the shape is known: refilled at its launch
+    pool.close()
