@@ -316,11 +316,23 @@ class Supervisor:
         # Without one view of the files here, the working folder is a node-local one,
         # named so: never this node's copy of the zone (storage.py).
         appdata = zones["appdata"] if direct else node_local_dir(self.home, self.app_id)
+        marked: list[int | None] = []
+
+        def mark_start(pid: int | None) -> None:
+            # The run's start marker: what a reader of the log needs to tell runs
+            # apart. Written as the app starts, ahead of anything it prints (a
+            # host reads its output on threads of its own).
+            again = f", restart {self._total_restarts}" if self._total_restarts else ""
+            self._log.write("info", f"app started: run {self.run_id}{again}, version "
+                                    f"{self.policy.version}, pid {pid}, node {self.node}")
+            marked.append(pid)
+
         ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
                           home=self.home, appdata=appdata, zones=zones,
                           blocked_addresses=self.blocked_addresses,
                           tagged_log=self._log.write, direct_zones=direct,
-                          on_connect=getattr(self.kernel, "warm", None))
+                          on_connect=getattr(self.kernel, "warm", None),
+                          on_spawned=mark_start)
         host = self._factory(self.policy, ctx)
         with self._lock:
             self._host = host
@@ -331,10 +343,8 @@ class Supervisor:
             host.stop(0)
             return
         if host.state is HostState.RUNNING:
-            # The run's start marker: what a reader of the log needs to tell runs apart.
-            again = f", restart {self._total_restarts}" if self._total_restarts else ""
-            self._log.write("info", f"app started: run {self.run_id}{again}, version "
-                                    f"{self.policy.version}, pid {host.pid}, node {self.node}")
+            if not marked:  # a host that does not call on_spawned (a test's fake)
+                mark_start(host.pid)
             self.kernel.running(self.app_id, self.run_id,
                                 {"pid": host.pid, "node": self.node})
             # The start line goes now, while the app's interpreter starts: else the

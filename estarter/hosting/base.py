@@ -89,6 +89,9 @@ class HostContext:
     # Called once, when the app first writes to its channel (the SDK writes a line
     # break as it connects): its first call follows within milliseconds.
     on_connect: Callable[[], None] | None = None
+    # Called once the app runs (its pid; None for a wasm guest), before any of its
+    # output is read: the run's start marker goes in its log ahead of its lines.
+    on_spawned: Callable[[int | None], None] | None = None
 
 
 @runtime_checkable

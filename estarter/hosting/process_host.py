@@ -254,6 +254,8 @@ class ProcessHost:
             self._spawned.set()
             return
         self._proc = proc
+        if self.ctx.on_spawned is not None:  # before the readers: its lines come after
+            self.ctx.on_spawned(proc.pid)
         assert proc.stdin is not None
         os.set_blocking(proc.stdin.fileno(), False)
         self._stdin_fd = proc.stdin.fileno()

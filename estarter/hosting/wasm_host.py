@@ -161,6 +161,8 @@ class WasmAppHost:
             raise
         self._thread = threading.Thread(target=self._main, args=(store, pre),
                                         name=f"wasm-{self.app_id}", daemon=True)
+        if self._ctx.on_spawned is not None:  # before the guest runs and logs
+            self._ctx.on_spawned(None)
         _TICKER.acquire()
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT):

@@ -56,7 +56,8 @@ def hosts(tmp_path: Path) -> Iterator[Any]:
         lines = Lines()
         ctx = HostContext(api=_api, log=lines, on_exit=lambda info: None,
                           home=tmp_path / "home", appdata=tmp_path / "home" / "appdata",
-                          tagged_log=lines)
+                          tagged_log=lines,
+                          on_spawned=lambda pid: lines("info", f"spawned {pid}"))
         host = ProcessHost(SandboxPolicy.from_manifest(m, folder), ctx)
         made.append(host)
         return host, lines
@@ -124,3 +125,18 @@ def test_text_spends_the_log_budget_and_drops_show_during_the_flood(hosts: Any) 
         assert host.info()["messages"]["logLinesPerSecond"] == 100
     finally:
         host.stop(grace=0)
+
+
+def test_the_spawn_is_told_before_any_output_is_read(hosts: Any) -> None:
+    """The supervisor writes the run's start marker from ``on_spawned``: it must come
+    before the first line the app prints, however fast the app prints it."""
+    host, lines = hosts("""
+        import os
+        os.write(1, b"first words\\n")
+        os.write(2, b"and an error\\n")
+        """)
+    host.start()
+    assert host.wait(TIMEOUT) is not None
+    assert lines.wait_for(lambda got: ("stderr", "and an error") in got)
+    assert lines.got[0] == ("estarter", f"spawned {host.pid}"), lines.got
+    assert ("stdout", "first words") in lines.got

@@ -120,3 +120,29 @@ def test_the_start_line_reaches_the_kernel_at_start_not_with_the_first_call(
         assert kernel.sent[1].startswith("logs: app started: run 1")
         ctx.api("system.ping", {})
         assert kernel.sent[2:] == ["call system.ping"]
+
+
+def test_the_start_marker_comes_before_what_the_app_printed_at_once(tmp_path: Path) -> None:
+    """A host reads the app's output on threads of its own, which may log a line
+    before ``start`` returns (under load they did): the marker is written as the app
+    spawns (``HostContext.on_spawned``), so it is still the run's first line."""
+
+    class EagerHost(IdleHost):
+        def start(self) -> None:
+            if self.ctx.on_spawned is not None:
+                self.ctx.on_spawned(4242)
+            assert self.ctx.tagged_log is not None
+            self.ctx.tagged_log("info", "printed at once", "stdout")  # a reader's line
+            self.state = HostState.RUNNING
+
+    kernel = HeldKernel()
+    manifest = AppManifest.model_validate({"id": "t", "entry": "app.py"})
+    sup = Supervisor(SandboxPolicy.from_manifest(manifest, tmp_path), 1, kernel, tmp_path,
+                     host_factory=lambda policy, ctx: EagerHost(ctx))
+    sup.start()
+    try:
+        shipped = next(s for s in kernel.sent if s.startswith("logs: "))
+        assert shipped.startswith("logs: app started: run 1, version"), kernel.sent
+        assert "pid 4242" in shipped and shipped.endswith(" | printed at once")
+    finally:
+        sup.close()
