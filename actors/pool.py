@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from estarter import placement
+
 from . import ray_api
 from .supervisor import SupervisorActor
 
@@ -40,7 +42,6 @@ DEFAULT_SHAPES = int(os.environ.get("ESTARTER_SUPERVISOR_SHAPES", "4"))
 SHAPE_IDLE_SECONDS = float(os.environ.get("ESTARTER_SUPERVISOR_SHAPE_IDLE", "600"))
 REFILL_SECONDS = 1.0  # after a take: a new worker's start-up should not compete
 # for the CPU with the app being launched right now
-_EPSILON = 1e-9
 
 Pair = tuple[Any, Any]  # (actor handle, its readiness ref)
 
@@ -49,20 +50,11 @@ def shape_key(options: dict[str, Any]) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
-def held(options: dict[str, Any]) -> dict[str, float]:
-    """What a supervisor with these Ray options holds, by Ray resource name."""
-    return {"CPU": float(options.get("num_cpus", 0.0)),
-            "memory": float(options.get("memory", 0.0)),
-            **{k: float(v) for k, v in options.get("resources", {}).items()}}
-
-
 def fits_now(options: dict[str, Any], times: float = 1.0) -> bool:
     """Whether the cluster has ``times`` x what a supervisor with these options holds
-    free right now (summed over nodes, as placement's ``room`` check)."""
-    need = held(options)
-    free = ray_api.available_resources()
-    return all(free.get(name, 0.0) + _EPSILON >= amount * times
-               for name, amount in need.items() if amount > 0)
+    free right now (summed over nodes, as the spawner's ``room_before`` check)."""
+    return placement.covers(ray_api.available_resources(), placement.held_by(options),
+                            times)
 
 
 class SupervisorPool:
@@ -183,7 +175,7 @@ class SupervisorPool:
         freed: dict[str, float] = {}
         idle: list[Pair] = []
         for opts, waiting in self._shaped.values():
-            for name, amount in held(opts).items():
+            for name, amount in placement.held_by(opts).items():
                 freed[name] = freed.get(name, 0.0) + amount * len(waiting)
             idle += waiting
             waiting.clear()
@@ -257,5 +249,4 @@ class SupervisorPool:
         timer.start()
 
 
-__all__ = ["DEFAULT_POOL", "DEFAULT_SHAPES", "SupervisorPool", "fits_now", "held",
-           "shape_key"]
+__all__ = ["DEFAULT_POOL", "DEFAULT_SHAPES", "SupervisorPool", "fits_now", "shape_key"]

@@ -104,8 +104,22 @@ def request_of(requests: tuple[int, int], *, slots: bool = True,
 
 def fits(request: ResourceRequest, totals: Mapping[str, float]) -> bool:
     """Whether one node with these total resources could ever hold ``request``."""
-    return all(totals.get(name, 0.0) + _EPSILON >= amount
-               for name, amount in request.ray_resources().items())
+    return covers(totals, request.ray_resources())
+
+
+def covers(totals: Mapping[str, float], need: Mapping[str, float],
+           times: float = 1.0) -> bool:
+    """Whether ``totals`` hold ``times`` x ``need`` (Ray resource names)."""
+    return all(totals.get(name, 0.0) + _EPSILON >= amount * times
+               for name, amount in need.items())
+
+
+def held_by(options: Mapping[str, Any]) -> dict[str, float]:
+    """The Ray resources an actor made with ``options`` (``actor_options``) holds."""
+    out = {"CPU": float(options.get("num_cpus", 0.0)),
+           "memory": float(options.get("memory", 0.0)),
+           **{k: float(v) for k, v in options.get("resources", {}).items()}}
+    return {name: amount for name, amount in out.items() if amount > 0}
 
 
 def unfit_reason(request: ResourceRequest, nodes: Iterable[NodeView]) -> str | None:

@@ -208,3 +208,17 @@ def test_a_launch_pinned_to_a_node_asks_ray_every_time(monkeypatch: pytest.Monke
     with pytest.raises(Unschedulable, match="names no live node"):
         sp.request(policy(), node="bbbbbbbb2222")  # it died: the fresh view knows
     assert nodes.asked == 2
+
+
+def test_what_an_actor_holds_is_what_its_options_asked_for() -> None:
+    """``held_by`` reads back ``actor_options`` (the warm pool counts what its idle
+    supervisors hold with it), and ``covers`` is ``fits``'s comparison."""
+    from estarter.placement import ResourceRequest, covers, held_by
+
+    req = ResourceRequest(num_cpus=0.5, memory_bytes=64 << 20, slots=1.0)
+    assert held_by(req.actor_options()) == req.ray_resources()
+    assert held_by(ResourceRequest(num_cpus=0.0, slots=1.0).actor_options()) == {
+        "estarter_app_slot": 1.0}
+    free = {"CPU": 1.0, "memory": float(128 << 20), "estarter_app_slot": 2.0}
+    assert covers(free, req.ray_resources(), times=2.0)
+    assert not covers(free, req.ray_resources(), times=3.0)
