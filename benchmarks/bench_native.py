@@ -12,11 +12,12 @@
    the answer of its first call) vs a bare spawn of the same script that exchanges
    one frame with its parent over a pipe: <= 1.5x. Shown under it, medians per
    stage on both sides (the launch call; its return to the app's first line; SDK
-   import and connect; the first call), and the one OS cost in it that neither
-   estarter nor Ray controls: a process's move into a cgroup (the launcher's join)
-   waits for an RCU grace period when no other move happened just before, here
-   measured as a no-op move of this process into its own cgroup, cold (after
-   100 ms without one) vs warm (right after another).
+   import and connect; the first call), and an OS cost in it: a move of a process
+   into a cgroup waits for an RCU grace period when no other move happened just
+   before, unless it moves only the calling thread (how the launcher joins v1
+   hierarchies); measured as no-op moves of this process into its own cgroup,
+   cold (after 100 ms without one): the launcher's way vs a pid into
+   cgroup.procs on v1, cold vs warm (right after another) on v2.
 
 Run: ``python -m benchmarks.bench_native``.
 """
@@ -274,38 +275,50 @@ def _stage_rows(ours: list[list[float]], base: list[list[float]],
                statistics.median(took(m, k) for m in base) * 1e3, None, "ms")
 
 
-def cgroup_join_cost(samples: int = 7) -> tuple[float, float] | None:
-    """Median seconds of a no-op move of this process into its own cgroup: cold
-    (after 100 ms without a move) and warm (right after one); None where this
-    process cannot write its cgroup (no cgroups, not root)."""
+def cgroup_join_cost(samples: int = 7) -> tuple[float, float, str] | None:
+    """Median seconds of a cold no-op move (after 100 ms without one) of this
+    process's thread into its own cgroup as the launcher joins (v1: "0" into
+    ``tasks``, the calling thread, which Linux moves without the threadgroup lock),
+    and of a move that takes that lock (this pid into ``cgroup.procs``: an RCU grace
+    period when no move happened just before; on v2 the launcher's own way, then
+    measured warm, right after another). With a label of what the two are. None
+    where this process cannot write its cgroup (no cgroups, not root)."""
     from estarter.hosting.limits import detect
     from estarter.hosting.limits.cgroupfs import own_cgroup
 
     facts = detect(probe_sandbox=False)
-    mount, controller = ((facts.v2_root, "") if facts.v2_root is not None
-                         else (facts.v1_mounts.get("pids"), "pids"))
+    v1 = facts.v2_root is None
+    mount, controller = ((facts.v1_mounts.get("pids"), "pids") if v1
+                         else (facts.v2_root, ""))
     own = own_cgroup(mount, controller) if mount is not None else None
     if own is None or not own.is_dir():
         return None
     procs, pid = own / "cgroup.procs", str(os.getpid())
 
-    def move() -> float:
+    def move(path: Path, who: str) -> float:
         t0 = time.perf_counter()
-        with open(procs, "w") as fh:
-            fh.write(pid)
+        with open(path, "w") as fh:
+            fh.write(who)
         return time.perf_counter() - t0
 
-    cold, warm = [], []
+    ours, base = [], []
     try:
         if pid not in procs.read_text().split():
             return None
         for _ in range(samples):
             time.sleep(0.1)
-            cold.append(move())
-            warm.append(move())
+            if v1:
+                ours.append(move(own / "tasks", "0"))
+                time.sleep(0.1)
+                base.append(move(procs, pid))
+            else:
+                ours.append(move(procs, pid))
+                base.append(move(procs, pid))
     except OSError:
         return None
-    return statistics.median(cold), statistics.median(warm)
+    label = ('the launcher\'s join (v1: "0" into tasks), cold, vs a pid into cgroup.procs, '
+             'cold' if v1 else "cgroup join, cold vs warm")
+    return statistics.median(ours), statistics.median(base), label
 
 
 def _result(rt: Any, app_id: str, title: str) -> str:
@@ -355,9 +368,9 @@ def run(report: Report) -> None:
                    statistics.median(m[-1] for m in base_m) * 1e3, 1.5, "ms")
             _stage_rows(ours_m, base_m, report)
             join = cgroup_join_cost()
-            name = "  target 3, the OS's part: cgroup join, cold vs warm"
+            name = "  target 3, the OS's part: cgroup join"
             if join is not None:
-                report(name, join[0] * 1e3, join[1] * 1e3, None, "ms")
+                report(f"{name}: {join[2]}", join[0] * 1e3, join[1] * 1e3, None, "ms")
             elif hasattr(report, "unmeasured"):
                 report.unmeasured(name, None, "this process cannot move itself within "
                                   "its cgroup (no cgroups here, or not root)")

@@ -20,7 +20,8 @@ Spec keys (all optional):
                           whose environment carries ESTARTER_LIMITS_TOKEN=token) and
                           removes the cgroups. PDEATHSIG reaches only our own process;
                           a double-forked daemon needs this.
-  cgroup_procs: [path]    files to write our pid into (cgroup.procs), in order
+  cgroup_procs: [path]    files to join, in order: our pid into cgroup.procs,
+                          "0" (this, our only thread) into a v1 tasks file
   rlimits: {name: [soft, hard]}   e.g. {"RLIMIT_AS": [n, n]}
   unshare_net: bool       new network namespace (loopback down, no route out)
   info_fd, block_fd: int  (as bwrap's) after unshare_net, write {"child-pid": pid,
@@ -184,7 +185,9 @@ def apply(spec: dict) -> None:
     for path in spec.get("cgroup_procs", []):
         try:
             with open(path, "w") as fh:
-                fh.write(str(os.getpid()))
+                # v1 "tasks": "0", this thread (the launcher's only one), which skips
+                # the kernel's threadgroup lock and its RCU wait (as the C launcher).
+                fh.write("0" if os.path.basename(path) == "tasks" else str(os.getpid()))
         except OSError as exc:
             _fail(122, f"cannot join cgroup {path}: {exc.strerror}")
     for name, (soft, hard) in spec.get("rlimits", {}).items():

@@ -225,6 +225,48 @@ def test_fork_bomb_is_held_and_nothing_remains_after_stop(harness: Harness) -> N
     assert not pids.exists()
 
 
+# 2b -----------------------------------------------------------------------------
+@pytest.mark.parametrize("sandboxed", [True, False])
+def test_every_process_and_thread_of_the_app_is_in_its_cgroups(
+        harness: Harness, sandboxed: bool) -> None:
+    """The launcher joins v1 hierarchies by its thread ("0" into tasks): the app's
+    threads and children, and what wraps it, must all be in every one of its cgroups."""
+    src = """\
+        import os, sys, threading, time
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+        if os.fork() == 0:
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            time.sleep(60)
+            os._exit(0)
+        print('up', file=sys.stderr, flush=True)
+        time.sleep(60)
+        """
+    host = harness.start("enf-join", src, max_processes=16, memory_limit_bytes=64 * MIB,
+                         sandboxed=sandboxed)
+    harness.wait_log("enf-join", "up", 30)
+    leaves = {Path(d).parts[4]: "/" + "/".join(Path(d).parts[5:])
+              for d in host.info()["limits"]["cgroups"]}
+    assert host.pid is not None and {"memory", "pids"} <= set(leaves)
+
+    def threads_of_tree() -> list[tuple[int, int]]:
+        top = psutil.Process(host.pid)
+        procs = [top, *top.children(recursive=True)]
+        return [(p.pid, t.id) for p in procs for t in p.threads()]
+
+    # The launcher (now bwrap or the app), bwrap's init where wrapped, the app with
+    # its thread, its child with its own: at least the app's two processes.
+    tree = wait_for(lambda: [x for x in threads_of_tree()] if len(
+        {p for p, _ in threads_of_tree()}) >= 2 else None, 30)
+    assert tree, "the app's processes did not appear"
+    for pid, tid in tree:
+        lines = Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines()
+        where = {ctrl: path for _, ctrls, path in (ln.split(":", 2) for ln in lines)
+                 for ctrl in ctrls.split(",")}
+        for ctrl, leaf in leaves.items():
+            assert where.get(ctrl) == leaf, (pid, tid, ctrl, where.get(ctrl), leaf)
+    host.stop(grace=0)
+
+
 # 3 ------------------------------------------------------------------------------
 def test_cpu_quota_20_percent(harness: Harness) -> None:
     host = harness.start("enf-cpu", "import sys\nprint('up', file=sys.stderr, flush=True)\n"

@@ -135,6 +135,11 @@ def test_v1_limits_counters_and_report(tmp_path: Path, fake_v1: Path) -> None:
     assert (leaf["pids"] / "pids.max").read_text() == "8"
     assert (leaf["cpu"] / "cpu.cfs_quota_us").read_text() == "150000"  # 1.5 cores
     assert len(plan.spec["cgroup_procs"]) == 4
+    # v1: the launcher joins through each leaf's tasks file (its one thread, which
+    # skips the kernel's threadgroup lock); the orphan guard reads cgroup.procs.
+    assert sorted(plan.spec["cgroup_procs"]) == sorted(str(d / "tasks") for d in leaf.values())
+    assert sorted(plan.spec["guard"]["procs"]) == sorted(
+        str(d / "cgroup.procs") for d in leaf.values())
     (leaf["memory"] / "memory.oom_control").write_text(
         "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
     assert lim.exit_reason(137) is None
@@ -269,7 +274,7 @@ def test_premade_cgroups_are_the_ones_the_launch_plans_with(tmp_path: Path,
     lim = limits.prepare(make_policy(tmp_path), make_ctx(tmp_path), facts=facts)
     plan = lim.plan(["app"], {}, tmp_path)
     assert _leaves(fake_v1) == made  # planned in them: none made at the launch
-    assert str(made[0] / "cgroup.procs") in plan.spec["cgroup_procs"]
+    assert str(made[0] / "tasks") in plan.spec["cgroup_procs"]
     assert (made[0] / "memory.limit_in_bytes").read_text() == str(64 * MIB)
     assert premade.take(facts, "cgroup-v1", "demo") is None  # the launch took them
     lim.cleanup()  # (a fake cgroupfs keeps the limit files: its folders stay)

@@ -191,6 +191,23 @@ def test_launcher_exit_codes(launcher_head: list[str]) -> None:
     assert r.returncode == 122 and b"cannot join cgroup" in r.stderr
 
 
+def test_launcher_joins_a_v1_tasks_file_by_its_thread_and_cgroup_procs_by_pid(
+        launcher_head: list[str], tmp_path: Path) -> None:
+    # Plain files stand in for the cgroup files: what each launcher writes is the
+    # contract. "0" in a v1 tasks file moves the calling thread (the launcher's only
+    # one), which Linux does without the threadgroup lock and its RCU wait.
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    tasks, procs = tmp_path / "a" / "tasks", tmp_path / "b" / "cgroup.procs"
+    tasks.write_text("")
+    procs.write_text("")
+    r = run_launcher(launcher_head, {"pdeathsig": 0, "cgroup_procs": [str(tasks), str(procs)]},
+                     sys.executable, "-c", "import os; print(os.getpid())")
+    assert r.returncode == 0, r.stderr
+    assert tasks.read_text() == "0"
+    assert procs.read_text() == r.stdout.decode().strip()  # the pid the app ran as
+
+
 def test_launcher_refuses_to_start_when_its_parent_is_gone(launcher_head: list[str]) -> None:
     # parent_pid names a process that is not our parent: as if the supervisor died
     # between fork and prctl. The launcher must not start the app.

@@ -101,7 +101,8 @@ class AppLimits:
                 out.missing(f"cgroups ({exc})")
         if self.cgroups is not None:
             # After the mkdirs: a move holds the cgroup mutex through its wait, and a
-            # mkdir needs it. The rest of the plan and the spawn overlap the wait.
+            # mkdir needs it. The rest of the plan and the spawn overlap the wait
+            # (v2 only: v1's join does not wait, see CgroupsV1.join_files).
             self.cgroups.prime()
             handled = self.cgroups.apply(policy, out)
             spec["cgroup_procs"] = self.cgroups.join_files()
@@ -143,7 +144,8 @@ class AppLimits:
             # PDEATHSIG (bwrap's PID namespace does that when wrapped) or remove
             # the cgroups: the guard kills the cgroup (or the token's processes)
             # and removes it.
-            spec["guard"] = {"procs": spec.get("cgroup_procs", []), "token": self.token}
+            spec["guard"] = {"procs": self.cgroups.procs_files() if self.cgroups else [],
+                             "token": self.token}
             out.ok("orphan guard: watchdog of the supervisor")
         if self.run_as is not None:
             spec["user"] = list(self.run_as)

@@ -249,7 +249,11 @@ class Cgroups:
         raise NotImplementedError
 
     def join_files(self) -> list[str]:
-        """The ``cgroup.procs`` files the launcher writes its pid into."""
+        """The files the launcher joins these cgroups by (``cgroup.procs``: its pid)."""
+        return self.procs_files()
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files, which list the processes (the orphan guard's)."""
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def set(self, path: Path, value: str) -> None:

@@ -1,12 +1,14 @@
 """An app's cgroups made when its launch is announced, before its supervisor's start.
 
-A move into a cgroup waits an RCU grace period (6-28 ms here) unless another move
-happened just before, and it holds the cgroup mutex while it waits, which every
-mkdir of a cgroup needs too (``cgroupfs.prime_join``). So the cgroups are made
-first, as soon as the kernel has resolved the app (``Spawner.expect_launch``), and a
-no-op move starts right after: its grace period passes while the kernel records the
-launch and sends it, and the launcher's join finds it passed. ``prepare`` takes
-them for the app's first launch here. Once the launch is over the kernel has them
+The mkdirs leave the launch's path: they are made as soon as the kernel has
+resolved the app (``Spawner.expect_launch``). On cgroup v2 a no-op move starts right
+after (``Cgroups.prime``): a move into a cgroup waits an RCU grace period (6-28 ms
+here) unless another move happened just before, and it holds the cgroup mutex while
+it waits, which every mkdir of a cgroup needs too (``cgroupfs.prime_join``); its
+grace period passes while the kernel records the launch and sends it, and the
+launcher's join finds it passed. On v1 the launcher's join does not wait
+(``CgroupsV1.join_files``), so nothing is primed. ``prepare`` takes them for the
+app's first launch here. Once the launch is over the kernel has them
 dropped if nobody took them (it failed first, or another supervisor started it);
 failing that message, they are removed after PREMADE_SECONDS.
 """

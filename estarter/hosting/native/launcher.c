@@ -357,9 +357,18 @@ int main(int argc, char **argv) {
     char pid[32];
     int plen = snprintf(pid, sizeof pid, "%d", (int)getpid());
     for (int i = 0; i < opt.n_cgroups; i++) {
-        int fd = open(opt.cgroups[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, pid, (size_t)plen) != plen)
-            fail(122, "cannot join cgroup %s: %s", opt.cgroups[i], strerror(errno));
+        /* A v1 "tasks" file gets "0": the calling thread, which is this whole process
+         * (the launcher has one thread). Linux then skips its cgroup-wide threadgroup
+         * lock, whose write side waits an RCU grace period (7-15 ms here); a pid
+         * written into cgroup.procs always takes it. */
+        const char *path = opt.cgroups[i];
+        size_t len = strlen(path);
+        int tasks = len >= 6 && strcmp(path + len - 6, "/tasks") == 0;
+        const char *who = tasks ? "0" : pid;
+        int wlen = tasks ? 1 : plen;
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, who, (size_t)wlen) != wlen)
+            fail(122, "cannot join cgroup %s: %s", path, strerror(errno));
         close(fd);
     }
     for (int i = 0; i < opt.n_rlimits; i++) {
