@@ -48,10 +48,12 @@ class RayKernelPort:
     order per caller, and none of them may block the app's threads."""
 
     def __init__(self, kernel: Any, actor_name: str = "",
-                 retry_for: float = KERNEL_RETRY_SECONDS, vfs: Any = None) -> None:
+                 retry_for: float = KERNEL_RETRY_SECONDS, vfs: Any = None,
+                 node_id: str = "") -> None:
         self.kernel = kernel
         self.vfs = vfs
         self.actor_name = actor_name
+        self.node_id = node_id
         self.retry_for = retry_for
         self._blocking = ray_api.in_group(kernel.call, BLOCKING)
 
@@ -104,9 +106,11 @@ class RayKernelPort:
 
     def running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
         # The name goes with every (re)start report, so the kernel's app record
-        # always names the supervisor to find again after a kernel restart.
+        # always names the supervisor to find again after a kernel restart; the node
+        # too, so that it says what the launch's own report says (Kernel.app_running).
+        where = {"nodeId": self.node_id} if self.node_id else {}
         ray_api.tell(self.kernel.app_running, app_id, run_id,
-                     {**info, "actorName": self.actor_name})
+                     {**info, "actorName": self.actor_name, **where})
 
     def logs(self, app_id: str, lines: list[tuple[str, str, str]]) -> None:
         ray_api.tell(self.kernel.app_logs, app_id, lines)
@@ -178,7 +182,8 @@ class SupervisorShell:
         others = tuple(n["address"] for n in ray_api.alive_nodes()
                        if n["address"]) if policy.network_allowed else ()
         self.sup = Supervisor(policy, run_id, RayKernelPort(self.kernel, self.name,
-                                                            vfs=self.vfs),
+                                                            vfs=self.vfs,
+                                                            node_id=self.node_id),
                               Path(home), node=self.node_ip,
                               rules=rules or RestartRules.from_env(), blocked_addresses=others,
                               zone_view=zone_view(storage, self.node_id))

@@ -186,9 +186,18 @@ class Kernel:
                                message=one_line(message))
 
     def app_running(self, app_id: str, run_id: int, info: dict[str, Any]) -> None:
+        """The run's app process started (its first start or a restart in place).
+        Under Ray each start is reported twice: by the launch once its supervisor's
+        ``start`` returns, and by the supervisor itself, which alone reports its
+        restarts. A report of the process already recorded changes nothing: no
+        second write of the record, no second ``app.launched`` to other apps."""
         with self._lock:
             rec = self._apps.get(app_id)
             if rec is None or rec.run_id != run_id or rec.exit is not None:
+                return
+            if (rec.state is HostState.RUNNING and rec.pid is not None
+                    and rec.pid == info.get("pid")
+                    and info.get("nodeId", rec.node_id) == rec.node_id):
                 return
             rec.state = HostState.RUNNING
             rec.pid = info.get("pid")

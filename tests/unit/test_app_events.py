@@ -11,8 +11,9 @@ import pytest
 
 from estarter.kernel.core import Kernel
 from estarter.kernel.permissions import PermissionManager
-from estarter.paths import state_db
+from estarter.paths import kernel_db, state_db
 from estarter.policy import SandboxPolicy
+from estarter.state import AppRecords
 
 
 class RecordingPort:
@@ -86,6 +87,28 @@ def test_app_events_reach_only_apps_granted_system_info(kernel: Any, tmp_path: P
         ("app.launched", "newcomer"), ("app.terminated", "newcomer")]
     assert _events(spawner.ports["asked"]) == []
     assert _events(spawner.ports["blind"]) == []
+
+
+def test_a_start_reported_twice_is_heard_and_recorded_once(kernel: Any,
+                                                           tmp_path: Path) -> None:
+    # Under Ray the launch and the supervisor both report the same start; a restart
+    # in place (another process, same run) is a start of its own.
+    k, spawner = kernel
+    _run(k, _app(tmp_path, "watcher", ["system.info"]), grants=["system.info"])
+    k.records = records = AppRecords(kernel_db(k.home))
+    rec = k.launch(str(_app(tmp_path, "twice", [])))
+    writes: list[Any] = []
+    real = records.supervised
+    records.supervised = (  # type: ignore[method-assign]
+        lambda *a, **kw: (writes.append(a), real(*a, **kw)))
+    for _ in range(2):
+        k.app_running("twice", rec["runId"], {"pid": 7, "node": "n", "nodeId": "abc",
+                                              "actorName": "sup"})
+    k.app_running("twice", rec["runId"], {"pid": 8, "node": "n", "nodeId": "abc",
+                                          "actorName": "sup"})
+    assert _events(spawner.ports["watcher"]) == [("app.launched", "twice")] * 2
+    assert len(writes) == 2
+    assert records.get("twice") is not None and records.get("twice").node_id == "abc"
 
 
 def test_a_grant_revoked_stops_the_app_events(kernel: Any, tmp_path: Path) -> None:
