@@ -42,7 +42,10 @@ FIGURES: dict[str, float | None] = {
     "target 3: launch to first answered call vs bare spawn + echo": 1.5,
 }
 PINGS = 2000
-LAUNCHES = 7
+# Launches per side of target 3 (a median of 7 moved by ~10% between runs here).
+LAUNCHES = 15
+# Those of the paced reference rows (2.5 s apart each).
+SHAPED_LAUNCHES = 7
 
 PING_APP = """
 import json, time
@@ -403,7 +406,7 @@ def _shaped_launches(rt: Any, root: Path, bare: float, report: Report) -> None:
 
     first = launch(folder, "bench-shaped")
     shaped, same_pace = [], []
-    for _ in range(LAUNCHES):
+    for _ in range(SHAPED_LAUNCHES):
         shaped.append(launch(folder, "bench-shaped"))
         same_pace.append(launch(plain, "bench-first"))
     report("  target 3, memoryLimitMb app: first launch of its shape vs bare (ref)",
