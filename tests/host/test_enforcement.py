@@ -244,19 +244,21 @@ def test_every_process_and_thread_of_the_app_is_in_its_cgroups(
     host = harness.start("enf-join", src, max_processes=16, memory_limit_bytes=64 * MIB,
                          sandboxed=sandboxed)
     harness.wait_log("enf-join", "up", 30)
-    leaves = {Path(d).parts[4]: "/" + "/".join(Path(d).parts[5:])
-              for d in host.info()["limits"]["cgroups"]}
-    assert host.pid is not None and {"memory", "pids"} <= set(leaves)
+    leaves = _cgroup_paths(host.info()["limits"]["cgroups"])
+    assert host.pid is not None and leaves
 
-    def threads_of_tree() -> list[tuple[int, int]]:
-        top = psutil.Process(host.pid)
-        procs = [top, *top.children(recursive=True)]
-        return [(p.pid, t.id) for p in procs for t in p.threads()]
+    def tree_when_up() -> list[tuple[int, int]] | None:
+        """(pid, tid) of every thread of the launcher's tree (bwrap, its init, the
+        app, its child), once the app and its child both show."""
+        try:
+            top = psutil.Process(host.pid)
+            procs = [top, *top.children(recursive=True)]
+            tree = [(p.pid, t.id) for p in procs for t in p.threads()]
+        except psutil.Error:
+            return None
+        return tree if len({p for p, _ in tree}) >= 2 else None
 
-    # The launcher (now bwrap or the app), bwrap's init where wrapped, the app with
-    # its thread, its child with its own: at least the app's two processes.
-    tree = wait_for(lambda: [x for x in threads_of_tree()] if len(
-        {p for p, _ in threads_of_tree()}) >= 2 else None, 30)
+    tree = wait_for(tree_when_up, 30)
     assert tree, "the app's processes did not appear"
     for pid, tid in tree:
         lines = Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines()
@@ -265,6 +267,20 @@ def test_every_process_and_thread_of_the_app_is_in_its_cgroups(
         for ctrl, leaf in leaves.items():
             assert where.get(ctrl) == leaf, (pid, tid, ctrl, where.get(ctrl), leaf)
     host.stop(grace=0)
+
+
+def _cgroup_paths(dirs: list[str]) -> dict[str, str]:
+    """What /proc/PID/cgroup says for a process in ``dirs``: controller -> path under
+    its mount (v2: the one line, controller "")."""
+    out: dict[str, str] = {}
+    for d in map(Path, dirs):
+        if FACTS.v2_root is not None:
+            out[""] = "/" + str(d.relative_to(FACTS.v2_root))
+            continue
+        for ctrl, mount in FACTS.v1_mounts.items():
+            if d.is_relative_to(mount):
+                out[ctrl] = "/" + str(d.relative_to(mount))
+    return out
 
 
 # 3 ------------------------------------------------------------------------------

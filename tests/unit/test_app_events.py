@@ -106,9 +106,14 @@ def test_a_start_reported_twice_is_heard_and_recorded_once(kernel: Any,
                                               "actorName": "sup"})
     k.app_running("twice", rec["runId"], {"pid": 8, "node": "n", "nodeId": "abc",
                                           "actorName": "sup"})
-    assert _events(spawner.ports["watcher"]) == [("app.launched", "twice")] * 2
-    assert len(writes) == 2
-    assert records.get("twice") is not None and records.get("twice").node_id == "abc"
+    try:
+        assert _events(spawner.ports["watcher"]) == [("app.launched", "twice")] * 2
+        assert len(writes) == 2
+        row = records.get("twice")
+        assert row is not None and row.node_id == "abc"
+    finally:
+        k.records = None  # the fixture's shutdown runs without this test's records
+        records.close()
 
 
 def test_a_grant_revoked_stops_the_app_events(kernel: Any, tmp_path: Path) -> None:
