@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from estarter import placement
+from estarter.errors import EstarterError
 
 from . import ray_api
 from .supervisor import SupervisorActor
@@ -93,11 +94,16 @@ class SupervisorPool:
                 handle = ray_api.create(SupervisorActor, opts)
                 self._idle.append((handle, ray_api.submit(handle.ready)))
 
-    def take(self, options: dict[str, Any] | None = None) -> tuple[Any, Any, bool]:
+    def take(self, options: dict[str, Any] | None = None,
+             room_on: Callable[[str], bool] | None = None) -> tuple[Any, Any, bool]:
         """(actor, readiness ref, dedicated). Dedicated: made for these ``options``
-        (or warm for their shape); it holds them until its app ends."""
+        (or warm for their shape); it holds them until its app ends. With ``options``
+        and no warm one of their shape, an idle slot-pool supervisor on a node where
+        ``room_on(node id)`` says they fit is lent instead (not dedicated): its start
+        must hold ``options``' resources itself (``SupervisorShell.start``'s
+        ``reserve``)."""
         if options:
-            return self._take_shaped(options)
+            return self._take_shaped(options, room_on)
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
         if pair is not None:
@@ -105,9 +111,33 @@ class SupervisorPool:
             return pair[0], pair[1], False
         return self.fresh()
 
-    def _take_shaped(self, options: dict[str, Any]) -> tuple[Any, Any, bool]:
-        if "scheduling_strategy" in options or not self.shapes:
-            return self._made(options)
+    def _lend(self, room_on: Callable[[str], bool]) -> Pair | None:
+        """The idle slot-pool supervisor at the head, if it is up (its node known)
+        and ``room_on`` its node: a worker still starting would make the launch wait
+        for it, as a supervisor of the app's shape would."""
+        with self._lock:
+            head = self._idle[0] if self._idle else None
+        if head is None or not ray_api.wait([head[1]], timeout=0)[0]:
+            return None
+        try:
+            node = ray_api.get(head[1], timeout=5)
+        except EstarterError:
+            return None
+        if not isinstance(node, str) or not room_on(node):
+            return None  # a refused reset (still running), or no room on its node
+        with self._lock:
+            if not self._idle or self._idle[0] is not head:
+                return None  # another launch took it meanwhile
+            self._idle.popleft()
+        self._later(self.fill)
+        return head
+
+    def _take_shaped(self, options: dict[str, Any],
+                     room_on: Callable[[str], bool] | None = None) -> tuple[Any, Any, bool]:
+        if "scheduling_strategy" in options:  # pinned to a node: its own, there
+            return self.made(options)
+        if not self.shapes:
+            return self._lent_or_made(options, room_on)
         key = shape_key(options)
         evicted: list[Pair] = []
         with self._lock:
@@ -124,7 +154,14 @@ class SupervisorPool:
         for handle, _ in evicted:
             ray_api.kill(handle)
         self._later(lambda: self.fill_shape(key))
-        return (pair[0], pair[1], True) if pair is not None else self._made(options)
+        if pair is not None:
+            return pair[0], pair[1], True
+        return self._lent_or_made(options, room_on)
+
+    def _lent_or_made(self, options: dict[str, Any],
+                      room_on: Callable[[str], bool] | None) -> tuple[Any, Any, bool]:
+        lent = self._lend(room_on) if room_on is not None else None
+        return (lent[0], lent[1], False) if lent is not None else self.made(options)
 
     def fill_shape(self, key: str) -> None:
         """One idle supervisor for the shape ``key``, if it has none and there is room."""
@@ -204,11 +241,11 @@ class SupervisorPool:
         may take it first. Returns what tells it, once the launch is over, to drop what
         it did not use."""
         with self._lock:
-            if options:
+            waiting = self._idle  # a launch with options borrows it when no warm
+            if options:          # one of their shape waits (``_lend``)
                 entry = self._shaped.get(shape_key(options))
-                waiting = entry[1] if entry is not None else None
-            else:
-                waiting = self._idle
+                if entry is not None and entry[1]:
+                    waiting = entry[1]
             head = waiting[0][0] if waiting else None
         if head is None or not ray_api.hint(head.expect, app_id):
             return None  # a hint: the launch goes on without it
@@ -238,7 +275,8 @@ class SupervisorPool:
             ray_api.kill(handle)
 
     @staticmethod
-    def _made(options: dict[str, Any]) -> tuple[Any, Any, bool]:
+    def made(options: dict[str, Any]) -> tuple[Any, Any, bool]:
+        """A new supervisor for ``options``, dedicated to one app."""
         handle = ray_api.create(SupervisorActor, options)
         return handle, ray_api.submit(handle.ready), True
 

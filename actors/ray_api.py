@@ -233,6 +233,47 @@ def available_resources() -> dict[str, float]:
     return {k: float(v) for k, v in ray.available_resources().items()}
 
 
+def available_by_node() -> dict[str, dict[str, float]]:
+    """Free resources of each live node, by node id (one GCS query, as
+    ``available_resources``, which sums these)."""
+    try:
+        from ray._private.state import available_resources_per_node
+    except ImportError:  # a Ray without it: the sum, under no node's id
+        return {"": available_resources()}
+    return {node: {k: float(v) for k, v in free.items()}
+            for node, free in available_resources_per_node().items()}
+
+
+def reserve(resources: dict[str, float], node: str, timeout: float) -> Any | None:
+    """Hold ``resources`` on ``node`` in Ray's books (a placement group of one
+    bundle, pinned by the node's ``ray.io/node-id`` label): no worker process, a few
+    GCS round trips. Made from a detached actor, it is removed when that actor dies.
+    None, with nothing held, when Ray has not placed it within ``timeout`` seconds."""
+    from ray.util.placement_group import placement_group
+
+    bundle = {name: amount for name, amount in resources.items() if amount > 0}
+    group = placement_group([bundle], strategy="STRICT_PACK",
+                            bundle_label_selector=[{"ray.io/node-id": node}])
+    try:
+        placed = bool(group.wait(timeout))
+    except ray.exceptions.RayError:
+        placed = False
+    if not placed:
+        release(group)
+        return None
+    return group
+
+
+def release(reservation: Any) -> None:
+    """Give back what ``reserve`` held. Idempotent; never raises."""
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        remove_placement_group(reservation)
+    except Exception:  # removed already, or its owner's Ray is going away
+        pass
+
+
 def node_affinity(node: str) -> Any:
     """A hard scheduling strategy: run on ``node`` (a node id) or nowhere."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

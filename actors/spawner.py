@@ -190,8 +190,18 @@ class RaySpawner:
         # placed it, the actor holds its resources while its worker starts (seconds
         # on a loaded node), and "no room now" no longer tells "full" from "slow".
         # A warm pooled supervisor is placed and started already: no question to ask.
-        room_before = placement.fits(req, ray_api.available_resources()) if opts else None
-        handle, ready, dedicated = self.pool.take(opts)
+        free = ray_api.available_by_node() if opts else None
+        room_before = placement.fits(req, _summed(free)) if free is not None else None
+        # With room, an idle slot-pool supervisor on a node that has it is lent to
+        # the app and holds its CPU and memory there itself: milliseconds, where a
+        # supervisor of the app's shape is a new worker (about 1 s here).
+        hold = placement.held_by({k: v for k, v in opts.items() if k != "resources"})
+
+        def room_on(node_id: str) -> bool:  # beside the slot the lent one holds
+            return free is not None and placement.covers(free.get(node_id, {}), hold)
+
+        lend = room_on if room_before and hold else None
+        handle, ready, dedicated = self.pool.take(opts, lend)
         if room_before is False and not ray_api.wait([ready], timeout=0)[0]:
             room_before = self._room_after_drop(req)
         if room_before is None:
@@ -202,8 +212,13 @@ class RaySpawner:
                 # A pooled supervisor refused its reset (it still runs an app).
                 handle, ready, dedicated = self.pool.fresh()
                 self._wait_placed(policy, req, ready, room_before)
-            started = ray_api.call(handle.start, policy, run_id, str(self.home), self.rules,
-                                   self.storage, timeout=120)
+            started = self._start(handle, policy, run_id, hold if opts and not dedicated
+                                  else None)
+            if started.get("noRoom"):  # the lent one's node filled up meanwhile
+                self.pool.give_back(handle)
+                handle, ready, dedicated = self.pool.made(opts)
+                self._wait_placed(policy, req, ready, room_before)
+                started = self._start(handle, policy, run_id, None)
         except Unschedulable:
             ray_api.kill(handle)
             raise
@@ -214,6 +229,11 @@ class RaySpawner:
             self.on_running(policy.app_id, run_id, started)
         return self._add_watch(handle, policy.app_id, run_id, started.get("nodeId", ""),
                                dedicated)
+
+    def _start(self, handle: Any, policy: SandboxPolicy, run_id: int,
+               reserve: dict[str, float] | None) -> dict[str, Any]:
+        return dict(ray_api.call(handle.start, policy, run_id, str(self.home), self.rules,
+                                 self.storage, reserve, timeout=120))
 
     def _room_after_drop(self, req: ResourceRequest) -> bool:
         """No room for ``req``: our idle warm supervisors of other shapes go (they
@@ -390,6 +410,14 @@ def lost_reason(node: str, detail: str, node_alive: Callable[[str], bool],
 
 def _nodes() -> list[NodeView]:
     return [NodeView(n["id"], n["address"], n["resources"]) for n in ray_api.alive_nodes()]
+
+
+def _summed(by_node: dict[str, dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for free in by_node.values():
+        for name, amount in free.items():
+            out[name] = out.get(name, 0.0) + amount
+    return out
 
 
 def _options(req: ResourceRequest) -> dict[str, Any]:

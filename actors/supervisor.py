@@ -32,6 +32,10 @@ from .options import BLOCKING, KERNEL_NAME, SUPERVISOR_OPTIONS, VFS_NAME
 # being restarted by Ray (a restart takes a few seconds here).
 KERNEL_RETRY_SECONDS = float(os.environ.get("ESTARTER_KERNEL_RETRY_SECONDS", "60"))
 _RETRY_INTERVAL = 0.1
+# How long a borrowed supervisor waits for Ray to place its app's CPU and memory on
+# its node (3-6 ms here when there is room; the kernel checked there was) before the
+# launch takes a supervisor of the app's shape instead.
+RESERVE_SECONDS = 5.0
 
 
 def supervisor_prefix(home: str | os.PathLike[str]) -> str:
@@ -149,6 +153,7 @@ class SupervisorShell:
         self.name = ray_api.actor_name()
         self.sup: Supervisor | None = None
         self._exporter: Exporter | None = None
+        self._reservation: Any = None  # ray_api.reserve's, while a borrowed app runs
 
     def ready(self) -> str:
         return self.node_id
@@ -172,11 +177,28 @@ class SupervisorShell:
 
     def start(self, policy: SandboxPolicy, run_id: int, home: str,
               rules: RestartRules | None = None,
-              storage: dict[str, Any] | None = None) -> dict[str, Any]:
+              storage: dict[str, Any] | None = None,
+              reserve: dict[str, float] | None = None) -> dict[str, Any]:
         """``storage``: the kernel's ``{"shared": bool, "vfsNode": id}`` (storage.py);
-        None (an older kernel): mount as on one machine."""
+        None (an older kernel): mount as on one machine. ``reserve``: the app's CPU and
+        memory, which this pooled supervisor (made holding a slot only) holds on its
+        node for the app's run; ``{"noRoom": True}``, nothing started, when Ray could
+        not place them there (the kernel then starts a supervisor of the app's shape)."""
         if self.sup is not None:
             raise LaunchError("this supervisor already runs an app")
+        if reserve:
+            self._reservation = ray_api.reserve(reserve, self.node_id, RESERVE_SECONDS)
+            if self._reservation is None:
+                return {"noRoom": True, "nodeId": self.node_id}
+        try:
+            return self._start(policy, run_id, home, rules, storage)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self, policy: SandboxPolicy, run_id: int, home: str,
+               rules: RestartRules | None, storage: dict[str, Any] | None
+               ) -> dict[str, Any]:
         # An app with network reaches no Ray node: this one's addresses are found at
         # launch, the others' are these.
         others = tuple(n["address"] for n in ray_api.alive_nodes()
@@ -221,9 +243,12 @@ class SupervisorShell:
             self._exporter.close()
         if self.sup is not None:
             self.sup.close()
+        self._release()
 
-    def reset(self) -> bool:
-        """Forget a finished app so this warm worker can take the next one."""
+    def reset(self) -> str | bool:
+        """Forget a finished app so this warm worker can take the next one, and give
+        back what it held for that app. Its node id (as ``ready``); False while the
+        app still runs (not reusable)."""
         if self.sup is not None:
             if self.sup.wait(0) is None:
                 return False  # still running: not reusable
@@ -232,7 +257,13 @@ class SupervisorShell:
                 self._exporter = None
             self.sup.close()
             self.sup = None
-        return True
+        self._release()
+        return self.node_id
+
+    def _release(self) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            ray_api.release(reservation)
 
     def _sup(self) -> Supervisor:
         if self.sup is None:

@@ -141,3 +141,57 @@ def test_sigkill_of_an_actor_loses_nothing_and_calls_go_on(role: str, tmp_path: 
         assert app.wait(60) is not None
     finally:
         rt.shutdown()
+
+
+def _groups_holding(cpu: float, memory: int) -> dict[str, str]:
+    """Ray's placement groups with one bundle of exactly ``cpu`` and ``memory``
+    (this test's own amounts): group id -> state."""
+    from ray.util.placement_group import placement_group_table
+
+    return {gid: group["state"] for gid, group in placement_group_table().items()
+            if [dict(b) for b in group["bundles"].values()]
+            == [{"CPU": cpu, "memory": float(memory)}]}
+
+
+def _lent_run(rt: Runtime, tmp_path: Path, end: str, cpu: float, memory: int) -> None:
+    """Launch an app asking for ``cpu`` and ``memory`` while the pool's supervisor is
+    idle; check it took that one and Ray holds its requests; end it by ``end``
+    ("stop", or "sigkill" of its supervisor's worker); wait for the hold to go."""
+    def idle_supervisors() -> set[str]:
+        return {a["name"] for a in rt.actors()
+                if a["role"] == "supervisor" and a.get("appId") is None}
+
+    assert wait_until(idle_supervisors, 120), "the pool's supervisor never came up"
+    warm = idle_supervisors()
+    before = set(_groups_holding(cpu, memory))
+    app = write_app(tmp_path, f"lent-{end}", IDLE, memoryLimitMb=memory >> 20,
+                    cpuQuota=round(cpu * 100))
+    handle = rt.launch(app)
+    assert wait_until(lambda: handle.info().get("state") == "running", 60)
+    host = handle.info()["host"]
+    assert host["actorName"] in warm  # no new worker for it
+    held = {g: s for g, s in _groups_holding(cpu, memory).items() if g not in before}
+    assert list(held.values()) == ["CREATED"], held
+    if end == "stop":
+        handle.stop(grace=5.0)
+    else:
+        os.kill(psutil.Process(host["pid"]).ppid(), signal.SIGKILL)
+        assert wait_until(lambda: handle.info().get("state") != "running", 120)
+    (group,) = held
+    assert wait_until(lambda: _groups_holding(cpu, memory).get(group, "REMOVED")
+                      == "REMOVED", 120), _groups_holding(cpu, memory)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_app_with_requests_is_served_by_the_warm_supervisor_holding_them(
+        tmp_path: Path) -> None:
+    """Its requests are held in Ray's books on the supervisor's node while it runs
+    (so placement stays honest), given back when it ends, and when its supervisor's
+    worker is SIGKILLed. Before, the first launch of each request shape waited for a
+    new supervisor's worker (about 1 s here)."""
+    rt = Runtime.start(local=False, home=tmp_path / "home")
+    try:
+        for end in ("stop", "sigkill"):
+            _lent_run(rt, tmp_path, end, cpu=0.3, memory=96 << 20)
+    finally:
+        rt.shutdown()

@@ -3,6 +3,8 @@ it creates, hands out, takes back and kills. No Ray is started."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ class FakeHandle:
         self.reset = FakeMethod(self, "reset")
         self.expect = FakeMethod(self, "expect")
         self.forget = FakeMethod(self, "forget")
+        self.start = FakeMethod(self, "start")
 
 
 class FakeRay:
@@ -260,3 +263,158 @@ def test_flush_kills_every_idle_supervisor_and_refills_the_slot_pool(fake: FakeR
     assert len(fake.created) == 4 and pool._idle[0][0] is fake.created[3]  # refilled
     assert shape_key(MEM) in pool._shaped  # the shape is known: refilled at its launch
     pool.close()
+
+
+# -- a warm slot-pool supervisor lent to an app with requests -------------------------
+
+
+@pytest.fixture
+def up_on(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Readiness refs resolved to node ids: supervisor name -> its node (absent: still
+    starting)."""
+    nodes: dict[str, str] = {}
+    monkeypatch.setattr(ray_api, "wait", lambda refs, timeout=None: (
+        [r for r in refs if r[0] in nodes], [r for r in refs if r[0] not in nodes]))
+    monkeypatch.setattr(ray_api, "get", lambda ref, timeout=None: nodes[ref[0]])
+    return nodes
+
+
+def test_a_shape_without_a_warm_one_borrows_the_idle_slot_supervisor_where_it_fits(
+        fake: FakeRay, up_on: dict[str, str]) -> None:
+    """The first launch of a shape took a new worker (about 1 s); the slot pool's idle
+    supervisor serves it when its node has room for the app's requests."""
+    pool = SupervisorPool(1, room=lambda opts: True)
+    idle = fake.created[0]
+    assert pool.take(MEM, room_on=lambda node: True)[0] is not idle  # still starting
+    up_on[idle.name] = "node-a"
+    room = {"node-a": False}
+    made, _, dedicated = pool.take(CPU, room_on=lambda node: room[node])
+    assert made is not idle and dedicated is True and made.options == CPU  # no room there
+    room["node-a"] = True
+    pinned, _, _ = pool.take({**MEM, "scheduling_strategy": "node-x"},
+                             room_on=lambda node: True)
+    assert pinned is not idle  # a pinned launch always gets its own, on its node
+    lent, ready, dedicated = pool.take({"num_cpus": 1.0}, room_on=lambda node: room[node])
+    assert (lent, ready, dedicated) == (idle, (idle.name, "ready"), False)
+    assert not pool._idle and idle.name not in fake.killed  # refilled a second later
+    pool.fill_shape(shape_key(CPU))  # the shapes are still made warm after a launch
+    warm = fake.created[-1]
+    assert warm.options == CPU
+    assert pool.take(dict(CPU), room_on=lambda node: True)[0] is warm  # warm first
+    pool.close()
+
+
+def test_the_launch_hint_goes_to_the_supervisor_that_will_be_lent(fake: FakeRay) -> None:
+    pool = SupervisorPool(1, room=lambda opts: True)
+    assert pool.wake("app", dict(MEM)) is not None
+    assert fake.created[0].calls == ["ready", "expect"]
+    pool.close()
+
+
+def _spawner(monkeypatch: pytest.MonkeyPatch, pool: SupervisorPool,
+             starts: list[tuple[str, Any]], answers: list[dict[str, Any]]) -> Any:
+    """A RaySpawner on one node with room, whose supervisors' ``start`` answers
+    ``answers`` in turn; each start's (supervisor, reserve) is appended to ``starts``."""
+    from actors.spawner import RaySpawner
+
+    node = {"id": "node-a", "address": "10.0.0.1",
+            "resources": {"CPU": 2.0, "memory": float(4 << 30), "estarter_app_slot": 4.0}}
+    monkeypatch.setattr(ray_api, "alive_nodes", lambda: [dict(node)])
+    monkeypatch.setattr(ray_api, "available_by_node", lambda: {
+        "node-a": {"CPU": 2.0, "memory": float(4 << 30), "estarter_app_slot": 3.0}})
+
+    def call(method: FakeMethod, *args: Any, timeout: float | None = None) -> Any:
+        assert method.name == "start"
+        starts.append((method.handle.name, args[5]))
+        return answers.pop(0)
+
+    monkeypatch.setattr(ray_api, "call", call)
+    spawner = RaySpawner.__new__(RaySpawner)
+    spawner.__dict__.update(home=Path("/nowhere"), rules=None, storage=None,
+                            on_running=None, pending_timeout=1.0, pool=pool,
+                            _lock=threading.Lock(), _nodes_seen=(-10.0, []))
+    spawner._add_watch = lambda handle, app_id, run_id, node, dedicated: (handle, dedicated)
+    return spawner
+
+
+def test_a_lent_supervisor_holds_the_apps_cpu_and_memory_itself(
+        fake: FakeRay, up_on: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    for handle in ("sup-0",):
+        up_on[handle] = "node-a"
+    pool = SupervisorPool(1, shapes=0, options=lambda: {"resources": {"estarter_app_slot": 1.0}})
+    starts: list[tuple[str, Any]] = []
+    spawner = _spawner(monkeypatch, pool, starts, [{"nodeId": "node-a"}])
+    policy = SimpleNamespace(app_id="app", cpu_quota_percent=50,
+                             memory_limit_bytes=256 << 20)
+    handle, dedicated = spawner.spawn(policy, 1)
+    assert handle.name == "sup-0" and dedicated is False
+    # What the slot-pool supervisor does not hold already: no slot twice.
+    assert starts == [("sup-0", {"CPU": 0.5, "memory": float(256 << 20)})]
+    pool.close()
+
+
+def test_a_lent_supervisor_without_room_on_its_node_hands_over_to_a_dedicated_one(
+        fake: FakeRay, up_on: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    up_on["sup-0"] = "node-a"
+    up_on["sup-1"] = "node-a"  # the dedicated one, once Ray has placed it
+    pool = SupervisorPool(1, shapes=0, options=lambda: {"resources": {"estarter_app_slot": 1.0}})
+    starts: list[tuple[str, Any]] = []
+    spawner = _spawner(monkeypatch, pool, starts,
+                       [{"noRoom": True, "nodeId": "node-a"}, {"nodeId": "node-a"}])
+    policy = SimpleNamespace(app_id="app", cpu_quota_percent=0, memory_limit_bytes=64 << 20)
+    handle, dedicated = spawner.spawn(policy, 1)
+    assert handle.name == "sup-1" and dedicated is True
+    assert handle.options == {"num_cpus": 0.0, "memory": 64 << 20,
+                              "resources": {"estarter_app_slot": 1.0}}
+    assert starts == [("sup-0", {"memory": float(64 << 20)}), ("sup-1", None)]
+    lent = fake.created[0]
+    assert lent.calls[-1] == "reset" and pool._idle[0][0] is lent  # back in the pool
+    pool.close()
+
+
+def test_a_supervisor_gives_back_what_it_held_for_its_app(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start`` with ``reserve``: nothing starts without it; a failed start and the
+    reset after the app's end give it back."""
+    from types import SimpleNamespace
+
+    from actors.supervisor import SupervisorShell
+    from estarter.errors import LaunchError
+
+    placed: list[Any] = [None, "group-1", "group-2"]
+    asked: list[tuple[dict[str, float], str]] = []
+    released: list[Any] = []
+
+    def reserve(resources: dict[str, float], node: str, timeout: float) -> Any:
+        asked.append((resources, node))
+        return placed.pop(0)
+
+    monkeypatch.setattr(ray_api, "reserve", reserve)
+    monkeypatch.setattr(ray_api, "release", released.append)
+    shell = SupervisorShell.__new__(SupervisorShell)
+    shell.__dict__.update(node_id="node-a", sup=None, _exporter=None, _reservation=None)
+    outcome: list[Any] = [LaunchError("cannot start"), {"pid": 7}]
+
+    def start(*args: Any) -> Any:
+        result = outcome.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        shell.sup = SimpleNamespace(wait=lambda timeout: {"code": 0}, close=lambda: None)
+        return result
+
+    monkeypatch.setattr(shell, "_start", start)
+    policy: Any = SimpleNamespace(app_id="app")
+    assert shell.start(policy, 1, "/h", None, None, {"memory": 1.0}) == {
+        "noRoom": True, "nodeId": "node-a"}
+    assert shell.sup is None and released == []  # nothing held, nothing started
+    with pytest.raises(LaunchError):
+        shell.start(policy, 1, "/h", None, None, {"memory": 1.0})
+    assert released == ["group-1"] and shell._reservation is None
+    assert shell.start(policy, 2, "/h", None, None, {"memory": 1.0}) == {"pid": 7}
+    assert released == ["group-1"]  # held while the app runs
+    assert shell.reset() == "node-a" and released == ["group-1", "group-2"]
+    assert asked == [({"memory": 1.0}, "node-a")] * 3
