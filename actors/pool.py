@@ -240,6 +240,8 @@ class SupervisorPool:
         a process app's cgroups can be made meanwhile. Fire and forget; another launch
         may take it first. Returns what tells it, once the launch is over, to drop what
         it did not use."""
+        if options and "scheduling_strategy" in options:
+            return None  # pinned: it gets a supervisor of its own (``_take_shaped``)
         with self._lock:
             waiting = self._idle  # a launch with options borrows it when no warm
             if options:          # one of their shape waits (``_lend``)

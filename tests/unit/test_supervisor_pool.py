@@ -308,6 +308,8 @@ def test_the_launch_hint_goes_to_the_supervisor_that_will_be_lent(fake: FakeRay)
     pool = SupervisorPool(1, room=lambda opts: True)
     assert pool.wake("app", dict(MEM)) is not None
     assert fake.created[0].calls == ["ready", "expect"]
+    assert pool.wake("app", {**MEM, "scheduling_strategy": "node-x"}) is None  # its own
+    assert fake.created[0].calls == ["ready", "expect"]
     pool.close()
 
 
