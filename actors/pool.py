@@ -13,7 +13,11 @@ warm supervisor serves only launches that ask for exactly what it holds:
   (dedicated, as before); from then on a warm one waits for the next. It holds its
   shape's resources while idle, so it is made only while the cluster has room for
   two of that shape (a warm one never takes the last room), and a launch that finds
-  no room drops the idle ones (``drop_shaped``). A shape not launched for
+  no room drops the idle ones (``drop_shaped``). A launch whose shape has no warm
+  one waiting is **lent** the slot pool's idle supervisor when that one's node has
+  room (``take``'s ``room_on``): its start holds the app's CPU and memory in a
+  placement group on its node (``SupervisorShell.start``'s ``reserve``), a few ms
+  where a new worker is about 1 s. A shape not launched for
   ``SHAPE_IDLE_SECONDS`` is forgotten and its idle supervisor killed (``expire``): an
   idle Ray worker costs ~1.8% of a core and ~50 MiB here. Their supervisors are
   killed when their app ends: they held that app's resources.

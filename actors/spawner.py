@@ -9,7 +9,8 @@ one that could fit but finds the cluster full is pending, and is refused after
 
 Starting a Ray actor means starting a worker process (0.4-0.6 s here); a launch
 should not wait for that: supervisors are taken warm from ``pool.SupervisorPool``,
-for apps with CPU or memory requests too (one warm per request shape seen lately).
+for apps with CPU or memory requests too (one warm per request shape seen lately,
+else the slot pool's one lent, holding the app's requests in a placement group).
 A supervisor that dies without reporting its app's end
 is reported as ``supervisor_lost``, or ``node_lost`` when its node is gone.
 """

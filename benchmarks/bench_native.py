@@ -389,8 +389,9 @@ SHAPED_PAUSE = 2.5
 
 
 def _shaped_launches(rt: Any, root: Path, bare: float, report: Report) -> None:
-    """Target 3's figure for an app with ``memoryLimitMb``: its first launch (which
-    starts the supervisor of its shape), then later ones, alternating with launches
+    """Target 3's figure for an app with ``memoryLimitMb``: its first launch (the
+    pool's idle supervisor lent to it, holding its memory), then later ones (a warm
+    supervisor of its shape), alternating with launches
     of the same app without requests at the same pace (idle processes wake slowly on
     this VM, so the pace matters): reference rows, against the bare spawn + echo."""
     plain = root / "bench-first"
