@@ -196,7 +196,8 @@ class RaySpawner:
         # With room, an idle slot-pool supervisor on a node that has it is lent to
         # the app and holds its CPU and memory there itself: milliseconds, where a
         # supervisor of the app's shape is a new worker (about 1 s here).
-        hold = placement.held_by({k: v for k, v in opts.items() if k != "resources"})
+        hold = {name: amount for name, amount in req.ray_resources().items()
+                if name != placement.APP_SLOT}  # what a lent one must hold beside its slot
 
         def room_on(node_id: str) -> bool:  # beside the slot the lent one holds
             return free is not None and placement.covers(free.get(node_id, {}), hold)
