@@ -294,6 +294,124 @@ def _bare_first_call(folder: Path) -> list[float]:
         proc.wait()
 
 
+def _unused_api(method: str, params: Any) -> Any:
+    raise AssertionError("only the sandbox's argv is made from this context")
+
+
+class _BareLaunch:
+    """Target 3's floor through the shape, with none of estarter's code around it:
+    the driver calls a bare "kernel" actor, which calls a warm bare "supervisor"
+    actor, which spawns the app in the same bwrap sandbox as ours (its namespaces
+    and mounts; no launcher, cgroups, rlimits or seccomp filter) running the same
+    script as the bare baseline; its first frame is relayed to the real kernel
+    actor's ``call`` and the answer written back. No manifest, grants, record,
+    placement or plan on the way, and the SDK's bare frame in place of a connect.
+    ``None`` from ``start`` where this host has no bwrap."""
+
+    def __init__(self, root: Path, folder: Path) -> None:
+        import ray
+
+        from actors.options import KERNEL_NAME
+        from estarter.hosting import python_app
+        from estarter.hosting.base import HostContext
+        from estarter.hosting.limits import detect
+        from estarter.hosting.limits.sandbox import bwrap_argv
+        from estarter.manifest import AppManifest
+        from estarter.paths import app_zones
+        from estarter.policy import SandboxPolicy
+
+        @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
+        class BareSupervisor:
+            def __init__(self) -> None:
+                self.marks: Any = None
+                self.done: Any = None
+
+            def start(self, argv: list[str], env: dict[str, str], cwd: str,
+                      kernel: Any) -> bool:
+                import threading
+
+                from estarter.protocol.kernel_wire import encode_call
+                from sdk._wire import encode_frame, read_frame
+
+                child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, cwd=cwd)
+                self.done = threading.Event()
+
+                def relay() -> None:
+                    try:
+                        assert child.stdout is not None and child.stdin is not None
+                        frame = read_frame(child.stdout)
+                        if frame is not None:
+                            ray.get(kernel.call.remote(encode_call("bench-bare", "system.ping",
+                                                                   None)))
+                            child.stdin.write(encode_frame({"jsonrpc": "2.0", "id": 1,
+                                                            "result": {}}))
+                            child.stdin.flush()
+                        _, err = child.communicate(timeout=30)
+                        self.marks = json.loads(err.decode().strip().splitlines()[-1])
+                    except Exception as exc:  # reported by ``result``
+                        self.marks = repr(exc)
+                        child.kill()
+                        child.wait()
+                    finally:
+                        self.done.set()
+
+                threading.Thread(target=relay, daemon=True).start()
+                return True
+
+            def result(self) -> Any:
+                self.done.wait(60)
+                return self.marks
+
+        @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
+        class BareKernel:
+            def launch(self, sup: Any, argv: list[str], env: dict[str, str], cwd: str,
+                       kernel: Any) -> bool:
+                return bool(ray.get(sup.start.remote(argv, env, cwd, kernel)))
+
+        self._ray = ray
+        facts = detect()
+        self.argv: list[str] | None = None
+        if facts.bwrap is not None:
+            manifest = AppManifest.model_validate(
+                json.loads((folder / "manifest.json").read_text()))
+            policy = SandboxPolicy.from_manifest(manifest, folder)
+            home = root / "bare-home"
+            zones = app_zones(home, manifest.id)
+            for path in zones.values():
+                path.mkdir(parents=True, exist_ok=True)
+            ctx = HostContext(api=_unused_api, log=lambda level, msg: None,
+                              on_exit=lambda info: None, home=home,
+                              appdata=zones["appdata"], zones=zones)
+            self.cwd = str(zones["appdata"])
+            self.argv = [*bwrap_argv(facts.bwrap, policy, ctx, os.geteuid()),
+                         *python_app.command(policy.entry, policy.app_dir, policy.args)]
+        self.kernel = ray.get_actor(KERNEL_NAME)
+        self.bare_kernel = BareKernel.remote()  # type: ignore[attr-defined]
+        self.sup = BareSupervisor.remote()  # type: ignore[attr-defined]
+        ray.get([self.bare_kernel.__ray_ready__.remote(), self.sup.__ray_ready__.remote()])
+
+    def start(self) -> list[float] | None:
+        """Seconds from the driver's call: [launch returned, first line, connected,
+        answered], as ``_bare_first_call`` gives them."""
+        if self.argv is None:
+            return None
+        ray = self._ray
+        env = {"PATH": "/usr/bin:/bin", "BASELINE": "1"}
+        t0 = time.time()
+        ray.get(self.bare_kernel.launch.remote(self.sup, self.argv, env, self.cwd,
+                                               self.kernel))
+        returned = time.time()
+        marks = ray.get(self.sup.result.remote(), timeout=120)
+        if not isinstance(marks, list):
+            raise RuntimeError(f"the bare launch failed: {marks}")
+        return [returned - t0, *(m - t0 for m in marks)]
+
+    def close(self) -> None:
+        self._ray.kill(self.sup)
+        self._ray.kill(self.bare_kernel)
+
+
 STAGES = ("launch call returned (ours: Runtime.launch; bare: Popen)",
           "launch returned to the app's first line",
           "first line to connected (SDK import, connect)",
@@ -301,14 +419,32 @@ STAGES = ("launch call returned (ours: Runtime.launch; bare: Popen)",
 
 
 def _stage_rows(ours: list[list[float]], base: list[list[float]],
-                report: Report) -> None:
+                report: Report, against: str = "") -> None:
     """Median duration of each stage (marks are seconds from the launch)."""
     def took(marks: list[float], k: int) -> float:
         return marks[k] - (marks[k - 1] if k else 0.0)
 
     for k, stage in enumerate(STAGES):
-        report(f"  target 3 stage: {stage}", statistics.median(took(m, k) for m in ours) * 1e3,
+        label = f"  target 3 stage: {stage}" + (f", {against}" if against else "")
+        report(label, statistics.median(took(m, k) for m in ours) * 1e3,
                statistics.median(took(m, k) for m in base) * 1e3, None, "ms")
+
+
+def _shape_rows(ours: list[list[float]], base: list[list[float]],
+                shape: list[list[float]], report: Report) -> None:
+    """Target 3's split: the shape's floor (``_BareLaunch``) vs the bare spawn, and
+    ours vs that floor (estarter's own part), with the floor's stages."""
+    name = "  target 3, the shape's floor: a bare launch through two actors into bwrap"
+    if not shape:
+        if hasattr(report, "unmeasured"):
+            report.unmeasured(name, None, "no bwrap on this host")
+        return
+    floor = statistics.median(m[-1] for m in shape) * 1e3
+    report(f"{name} vs bare", floor, statistics.median(m[-1] for m in base) * 1e3, None,
+           "ms")
+    report("  target 3, estarter's part: ours vs the shape's floor",
+           statistics.median(m[-1] for m in ours) * 1e3, floor, None, "ms")
+    _stage_rows(ours, shape, report, "ours vs the shape's floor")
 
 
 def cgroup_join_cost(samples: int = 7) -> tuple[float, float, str] | None:
@@ -414,19 +550,27 @@ def run(report: Report) -> None:
             _target1(rt, root, report)
 
             first = write_app(root, "bench-first", FIRST_CALL_APP)
-            ours_m, base_m = [], []
-            for _ in range(LAUNCHES):
-                t0 = time.time()
-                handle = rt.launch(first)
-                returned = time.time()
-                handle.wait(timeout=60)
-                marks = json.loads(_result(rt, "bench-first", "first"))
-                ours_m.append([returned - t0, *(m - t0 for m in marks)])
-                base_m.append(_bare_first_call(first))
+            ours_m, base_m, shape_m = [], [], []
+            shape = _BareLaunch(root, first)
+            try:
+                for _ in range(LAUNCHES):
+                    t0 = time.time()
+                    handle = rt.launch(first)
+                    returned = time.time()
+                    handle.wait(timeout=60)
+                    marks = json.loads(_result(rt, "bench-first", "first"))
+                    ours_m.append([returned - t0, *(m - t0 for m in marks)])
+                    base_m.append(_bare_first_call(first))
+                    floor = shape.start()
+                    if floor is not None:
+                        shape_m.append(floor)
+            finally:
+                shape.close()
             report("target 3: launch to first answered call vs bare spawn + echo",
                    statistics.median(m[-1] for m in ours_m) * 1e3,
                    statistics.median(m[-1] for m in base_m) * 1e3, 1.5, "ms")
             _stage_rows(ours_m, base_m, report)
+            _shape_rows(ours_m, base_m, shape_m, report)
             join = cgroup_join_cost()
             name = "  target 3, the OS's part: cgroup join"
             if join is not None:
