@@ -306,7 +306,8 @@ class _BareLaunch:
     script as the bare baseline; its first frame is relayed to the real kernel
     actor's ``call`` and the answer written back. No manifest, grants, record,
     placement or plan on the way, and the SDK's bare frame in place of a connect.
-    ``None`` from ``start`` where this host has no bwrap."""
+    ``None`` from ``start``, and ``failed`` says why, where this host has no bwrap
+    or a bare launch failed (no more are tried)."""
 
     def __init__(self, root: Path, folder: Path) -> None:
         import ray
@@ -372,6 +373,7 @@ class _BareLaunch:
         self._ray = ray
         facts = detect()
         self.argv: list[str] | None = None
+        self.failed: str | None = None  # why the floor is not measured
         if facts.bwrap is not None:
             manifest = AppManifest.model_validate(
                 json.loads((folder / "manifest.json").read_text()))
@@ -395,16 +397,21 @@ class _BareLaunch:
         """Seconds from the driver's call: [launch returned, first line, connected,
         answered], as ``_bare_first_call`` gives them."""
         if self.argv is None:
+            self.failed = "no bwrap on this host"
             return None
         ray = self._ray
         env = {"PATH": "/usr/bin:/bin", "BASELINE": "1"}
-        t0 = time.time()
-        ray.get(self.bare_kernel.launch.remote(self.sup, self.argv, env, self.cwd,
-                                               self.kernel))
-        returned = time.time()
-        marks = ray.get(self.sup.result.remote(), timeout=120)
-        if not isinstance(marks, list):
-            raise RuntimeError(f"the bare launch failed: {marks}")
+        try:
+            t0 = time.time()
+            ray.get(self.bare_kernel.launch.remote(self.sup, self.argv, env, self.cwd,
+                                                   self.kernel), timeout=120)
+            returned = time.time()
+            marks = ray.get(self.sup.result.remote(), timeout=120)
+        except Exception as exc:
+            marks = repr(exc)
+        if not isinstance(marks, list):  # no more tries: the rows say why
+            self.failed = f"the bare launch failed: {marks}"[:300]
+            return None
         return [returned - t0, *(m - t0 for m in marks)]
 
     def close(self) -> None:
@@ -431,13 +438,13 @@ def _stage_rows(ours: list[list[float]], base: list[list[float]],
 
 
 def _shape_rows(ours: list[list[float]], base: list[list[float]],
-                shape: list[list[float]], report: Report) -> None:
+                shape: list[list[float]], report: Report, failed: str | None) -> None:
     """Target 3's split: the shape's floor (``_BareLaunch``) vs the bare spawn, and
     ours vs that floor (estarter's own part), with the floor's stages."""
     name = "  target 3, the shape's floor: a bare launch through two actors into bwrap"
-    if not shape:
+    if failed is not None or not shape:
         if hasattr(report, "unmeasured"):
-            report.unmeasured(name, None, "no bwrap on this host")
+            report.unmeasured(name, None, failed or "no bare launch ran")
         return
     floor = statistics.median(m[-1] for m in shape) * 1e3
     report(f"{name} vs bare", floor, statistics.median(m[-1] for m in base) * 1e3, None,
@@ -512,27 +519,40 @@ def _target1(rt: Any, root: Path, report: Report) -> None:
     n = PINGS // T1_ROUNDS
     ping = write_app(root, "bench-ping", PING_APP.replace("N)", f"{n})"))
     rows: dict[str, list[float]] = {}
+    failed = ""
     probes = _RayProbes()
     try:
         for _ in range(T1_ROUNDS):
             rt.launch(ping).wait(timeout=300)
             rows.setdefault("hosted", []).append(
                 json.loads(_result(rt, "bench-ping", "result"))["median"])
-            for key, value in probes.measure(n).items():
+            if failed:
+                continue
+            try:
+                measured = probes.measure(n)
+            except Exception as exc:  # the baseline's rows say so; the others go on
+                failed = f"a round failed: {exc!r}"[:300]
+                continue
+            for key, value in measured.items():
                 rows.setdefault(key, []).append(value)
     finally:
         probes.close()
     ms = {key: statistics.median(values) * 1e3 for key, values in rows.items()}
-    report("target 1: hosted system.ping vs raw Ray actor call", ms["hosted"], ms["raw"],
-           1.2, "ms")
-    report("target 1, Ray's part: raw call from a worker thread vs from driver",
-           ms["plain"], ms["raw"], None, "ms")
-    report("target 1, floor: kernel.call(system.ping) from a worker thread",
-           ms["kernel"], ms["raw"], None, "ms")
-    report("target 1, the shape's floor: a bare app on a pipe to a bare relay that "
-           "makes the kernel.call", ms["shape"], ms["raw"], None, "ms")
-    report("target 1, estarter's part: hosted ping vs the shape's floor", ms["hosted"],
-           ms["shape"], None, "ms")
+    if "raw" not in ms:
+        if hasattr(report, "unmeasured"):
+            report.unmeasured("target 1: hosted system.ping vs raw Ray actor call", 1.2,
+                              f"the raw Ray call was not measured ({failed})")
+    else:
+        report("target 1: hosted system.ping vs raw Ray actor call", ms["hosted"],
+               ms["raw"], 1.2, "ms")
+        report("target 1, Ray's part: raw call from a worker thread vs from driver",
+               ms["plain"], ms["raw"], None, "ms")
+        report("target 1, floor: kernel.call(system.ping) from a worker thread",
+               ms["kernel"], ms["raw"], None, "ms")
+        report("target 1, the shape's floor: a bare app on a pipe to a bare relay that "
+               "makes the kernel.call", ms["shape"], ms["raw"], None, "ms")
+        report("target 1, estarter's part: hosted ping vs the shape's floor", ms["hosted"],
+               ms["shape"], None, "ms")
     hosted, echo = pipe_path(root, PINGS)
     report("target 1, the app's side: hosted ping answered in the host vs "
            "a bare pipe echo", hosted * 1e3, echo * 1e3, None, "ms")
@@ -561,16 +581,17 @@ def run(report: Report) -> None:
                     marks = json.loads(_result(rt, "bench-first", "first"))
                     ours_m.append([returned - t0, *(m - t0 for m in marks)])
                     base_m.append(_bare_first_call(first))
-                    floor = shape.start()
-                    if floor is not None:
-                        shape_m.append(floor)
+                    if shape.failed is None:
+                        floor = shape.start()
+                        if floor is not None:
+                            shape_m.append(floor)
             finally:
                 shape.close()
             report("target 3: launch to first answered call vs bare spawn + echo",
                    statistics.median(m[-1] for m in ours_m) * 1e3,
                    statistics.median(m[-1] for m in base_m) * 1e3, 1.5, "ms")
             _stage_rows(ours_m, base_m, report)
-            _shape_rows(ours_m, base_m, shape_m, report)
+            _shape_rows(ours_m, base_m, shape_m, report, shape.failed)
             join = cgroup_join_cost()
             name = "  target 3, the OS's part: cgroup join"
             if join is not None:
