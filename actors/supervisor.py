@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from estarter.errors import ActorUnavailable, LaunchError, NotFound
+from estarter.errors import ActorUnavailable, EstarterError, LaunchError, NotFound
 from estarter.kernel.methods import VFS_METHODS, is_blocking, retry_on_restart
 from estarter.paths import home_key
 from estarter.policy import SandboxPolicy
-from estarter.protocol.kernel_wire import decode_reply, encode_call
+from estarter.protocol.kernel_wire import decode_reply, encode_call, encode_error
 from estarter.storage import zone_view
 from estarter.supervision import RestartRules, Supervisor
 
@@ -70,21 +70,38 @@ class RayKernelPort:
         launch) is not for estarter to decide. No call waits longer than about
         ``retry_for`` plus one call's timeout.
         """
-        payload = encode_call(app_id, method, params)
-        retry_for = self.retry_for if retry_on_restart(method, params) else 0.0
         if is_blocking(method):
+            retry_for = self.retry_for if retry_on_restart(method, params) else 0.0
             out: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            self._submit_blocking(payload, out, time.monotonic() + retry_for)
+            self._submit_blocking(encode_call(app_id, method, params), out,
+                                  time.monotonic() + retry_for)
             return out
-        target = self.vfs.call if self.vfs is not None and method in VFS_METHODS \
-            else self.kernel.call
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
-            reply = ray_api.call_retrying(target, (payload,), retry_for, _RETRY_INTERVAL)
-            done.set_result(decode_reply(reply))
+            done.set_result(decode_reply(self._quick(app_id, method, params)))
         except Exception as exc:
             done.set_exception(exc)
         return done
+
+    def call_encoded(self, app_id: str, method: str, params: Any) -> bytes | None:
+        """A quick call's reply as the kernel (or VFS) actor encoded it
+        (``kernel_wire``), an error of the call itself (the actor gone) encoded the
+        same way, for the app's host to splice into its answer undecoded; None for
+        a call that may wait (``call`` serves those, off the reader's thread)."""
+        if is_blocking(method):
+            return None
+        try:
+            return self._quick(app_id, method, params)
+        except EstarterError as exc:
+            return encode_error(exc)
+
+    def _quick(self, app_id: str, method: str, params: Any) -> bytes:
+        """The encoded reply of a call that does not wait, waited for here."""
+        retry_for = self.retry_for if retry_on_restart(method, params) else 0.0
+        target = self.vfs.call if self.vfs is not None and method in VFS_METHODS \
+            else self.kernel.call
+        return bytes(ray_api.call_retrying(target, (encode_call(app_id, method, params),),
+                                           retry_for, _RETRY_INTERVAL))
 
     def _submit_blocking(self, payload: bytes, out: concurrent.futures.Future[Any],
                          deadline: float) -> None:

@@ -29,6 +29,7 @@ from .kinds import RestartPolicy
 from .metrics import AppMetrics, outcome_of, process_usage
 from .paths import app_zones, log_file, node_local_dir
 from .policy import SandboxPolicy
+from .protocol.kernel_wire import reply_error
 from .storage import LOCAL as LOCAL_ZONES
 from .storage import ZoneView
 
@@ -327,7 +328,8 @@ class Supervisor:
                                     f"{self.policy.version}, pid {pid}, node {self.node}")
             marked.append(pid)
 
-        ctx = HostContext(api=self._api, log=self._log.write, on_exit=self._on_exit,
+        ctx = HostContext(api=self._api, api_encoded=self._api_encoded,
+                          log=self._log.write, on_exit=self._on_exit,
                           home=self.home, appdata=appdata, zones=zones,
                           blocked_addresses=self.blocked_addresses,
                           tagged_log=self._log.write, direct_zones=direct,
@@ -499,6 +501,24 @@ class Supervisor:
         else:
             fut.add_done_callback(lambda f: self._count(method, began, f))
         return fut
+
+    def _api_encoded(self, method: str, params: Any) -> bytes | None:
+        """``_api`` for a call the kernel answers at once, its reply left as the
+        kernel encoded it (the host splices it into the app's answer: two JSON
+        passes fewer on every call, issue 15). None: the call takes ``_api`` (it is
+        answered here, or may wait, or the kernel port has no encoded form)."""
+        call_encoded = getattr(self.kernel, "call_encoded", None)
+        if (call_encoded is None or method in SUPERVISOR_METHODS or method == "log"
+                or method in BLOCKING_METHODS):
+            return None
+        began = time.perf_counter()
+        if self._log.pending:  # as in _forward: the app's lines before its call
+            self._flush()
+        reply: bytes | None = call_encoded(self.app_id, method, params)
+        if reply is not None:
+            self.metrics.call_done(method, outcome_of(reply_error(reply)),
+                                   time.perf_counter() - began)
+        return reply
 
     def _count(self, method: str, began: float, fut: concurrent.futures.Future[Any]) -> None:
         self.metrics.call_done(method, outcome_of(fut.exception()),

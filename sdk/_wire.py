@@ -33,7 +33,11 @@ class FramingError(ValueError):
 
 def encode_frame(obj: Any) -> bytes:
     """One frame holding ``obj`` as compact UTF-8 JSON."""
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return frame_body(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def frame_body(body: bytes) -> bytes:
+    """One frame holding ``body``, already encoded JSON."""
     return b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
@@ -172,6 +176,7 @@ __all__ = [
     "FrameDecoder",
     "FramingError",
     "encode_frame",
+    "frame_body",
     "parse_header",
     "read_frame",
 ]

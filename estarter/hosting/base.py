@@ -92,6 +92,10 @@ class HostContext:
     # Called once the app runs (its pid; None for a wasm guest), before any of its
     # output is read: the run's start marker goes in its log ahead of its lines.
     on_spawned: Callable[[int | None], None] | None = None
+    # ``api`` for a call that needs no answer of its own here: the kernel's reply as
+    # it encoded it (``kernel_wire``), for a host to splice into its answer frame;
+    # None: that call goes to ``api``. Optional (a host may use ``api`` only).
+    api_encoded: Callable[[str, Any], bytes | None] | None = None
 
 
 @runtime_checkable

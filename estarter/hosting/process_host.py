@@ -16,20 +16,23 @@ Threads, each with one job, so nothing the app does can block the owner:
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import select
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import EstarterError, LaunchError, NotFound, RuntimeClosed
+from ..errors import EstarterError, InternalError, LaunchError, NotFound, RuntimeClosed
 from ..kinds import RuntimeKind
 from ..policy import SandboxPolicy
 from ..protocol.endpoint import Endpoint
-from ..protocol.framing import FramingError, StdoutSplitter, encode_frame
+from ..protocol.framing import FramingError, StdoutSplitter, encode_frame, frame_body
+from ..protocol.kernel_wire import answer_body, encode_error
+from ..protocol.messages import plain_request
 from . import dotnet_app, limits, python_app
 from .applog import LOG_LINE_MAX, BoundedLog, line_rate, tagged
 from .base import ExitInfo, ExitReason, HostContext, HostState
@@ -332,6 +335,7 @@ class ProcessHost:
         assert proc is not None and proc.stdout is not None
         splitter = StdoutSplitter(max_size=self._max_message, max_line=LOG_LINE_MAX)
         on_connect = self.ctx.on_connect
+        direct = self.ctx.api_encoded
         for data in _chunks(proc.stdout.fileno()):
             if on_connect is not None:
                 connecting, on_connect = on_connect, None
@@ -349,7 +353,8 @@ class ProcessHost:
                 if line:  # the SDK writes one line break ahead of its first frame
                     self._app_log.line("info", line, "stdout")
             for body in bodies:
-                self.endpoint.receive(body)
+                if direct is None or not self._answer_directly(body, direct):
+                    self.endpoint.receive(body)
                 if self.endpoint.statistics().malformed > MAX_MALFORMED:
                     # Checked per message: a chunk may hold thousands of them.
                     self._end(ExitReason.PROTOCOL_VIOLATION,
@@ -404,10 +409,40 @@ class ProcessHost:
 
     # -- endpoint plumbing -----------------------------------------------------
 
+    def _answer_directly(self, body: bytes,
+                         api_encoded: Callable[[str, Any], bytes | None]) -> bool:
+        """Answer a plain request with the kernel's reply spliced into the answer
+        frame as the kernel encoded it, without the endpoint (no decode of the
+        reply, no encode of the answer: issue 15). False: the endpoint takes the
+        body as before (a batch, a notification, an answer, anything invalid, a
+        call served here or one that may wait)."""
+        try:
+            request = plain_request(json.loads(body))
+        except (ValueError, RecursionError):
+            return False
+        if request is None or request[1] == "log":
+            return False
+        if self.endpoint.closed:
+            return True  # the app is gone: dropped, as the endpoint drops it
+        msg_id, method, params = request
+        failure: Exception | None = None
+        try:
+            reply = api_encoded(method, params)
+        except Exception as exc:  # a bug: the app gets -32603, as from the endpoint
+            failure, reply = exc, encode_error(InternalError("Internal error"))
+        if reply is None:
+            return False
+        self.endpoint.count_answered(failure)
+        self._send_frame(frame_body(answer_body(msg_id, reply)))
+        return True
+
     def _send(self, obj: Any) -> None:
-        """Queue one message for the app. Fast path: with nothing queued, write it
-        now (stdin is non-blocking); whatever does not fit goes to the writer."""
-        frame = encode_frame(obj)
+        """Queue one message for the app (the endpoint's writer)."""
+        self._send_frame(encode_frame(obj))
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Fast path: with nothing queued, write it now (stdin is non-blocking);
+        whatever does not fit goes to the writer."""
         with self._lock:
             if self._exit is not None:
                 return

@@ -151,6 +151,17 @@ class Endpoint:
     def closed(self) -> bool:
         return self._closed is not None
 
+    def count_answered(self, error: BaseException | None = None) -> None:
+        """Count a request its owner received and answered without this endpoint
+        (``ProcessHost``'s direct path), in ``received`` and ``sent`` alike;
+        ``error``: an unexpected failure it answered with -32603, reported through
+        ``on_error`` as a dispatched call's would be."""
+        with self._lock:
+            self._received += 1
+            self._sent += 1
+        if error is not None:
+            self._on_error(error)
+
     def statistics(self) -> EndpointStatistics:
         with self._lock:
             return EndpointStatistics(self._received, self._sent, self._malformed,

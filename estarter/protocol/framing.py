@@ -15,6 +15,7 @@ from sdk._wire import (
     FrameDecoder,
     FramingError,
     encode_frame,
+    frame_body,
     parse_header,
     read_frame,
 )
@@ -138,6 +139,7 @@ __all__ = [
     "HostFrameDecoder",
     "StdoutSplitter",
     "encode_frame",
+    "frame_body",
     "read_frame",
     "violation",
 ]

@@ -28,10 +28,30 @@ def serve_call(handle: Callable[[str, str, Any], Any], payload: bytes) -> bytes:
         app_id, method, params = json.loads(payload)
         return _dumps({"result": handle(app_id, method, params)}).encode()
     except EstarterError as exc:
-        return _dumps({"error": exc.to_dict()}).encode()
+        return encode_error(exc)
     except Exception as exc:  # a bug in a handler must reach the app as -32603
-        return _dumps({"error": InternalError(f"internal error: {type(exc).__name__}")
-                       .to_dict()}).encode()
+        return encode_error(InternalError(f"internal error: {type(exc).__name__}"))
+
+
+def encode_error(exc: EstarterError) -> bytes:
+    """A reply that answers ``exc``, as ``serve_call`` encodes one."""
+    return _dumps({"error": exc.to_dict()}).encode()
+
+
+def reply_error(reply: bytes) -> EstarterError | None:
+    """The error a reply answers, or None for a result (without decoding one)."""
+    if reply.startswith(b'{"result":'):
+        return None
+    obj = json.loads(reply)
+    return EstarterError.from_dict(obj["error"]) if "error" in obj else None
+
+
+def answer_body(msg_id: str | int, reply: bytes) -> bytes:
+    """The JSON-RPC answer to request ``msg_id`` for a reply, its ``result`` or
+    ``error`` member copied as the kernel encoded it: what ``messages.response``
+    / ``error_response`` with the decoded reply would give, without decoding and
+    encoding it again (issue 15: each JSON pass on an API call's path costs)."""
+    return b'{"jsonrpc":"2.0",' + reply[1:-1] + b',"id":' + _dumps(msg_id).encode() + b"}"
 
 
 def decode_reply(reply: bytes) -> Any:

@@ -114,6 +114,22 @@ def parse_obj(obj: Any) -> Message | Batch:
     return parse_one(obj)
 
 
+def plain_request(obj: Any) -> tuple[str | int, str, Params] | None:
+    """(id, method, params) when ``obj`` is a valid request, as ``parse_one`` would
+    make a ``Request`` of it; None for anything else (which ``parse_one`` judges).
+    For a host answering a call without an ``Endpoint`` (``ProcessHost``)."""
+    if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
+        return None
+    method = obj.get("method")
+    msg_id = obj.get("id")
+    if not isinstance(method, str) or msg_id is None or not _is_id(msg_id):
+        return None
+    params = obj.get("params")
+    if "params" in obj and not isinstance(params, dict | list):
+        return None
+    return msg_id, method, params
+
+
 def parse_one(obj: Any) -> Message:
     """Validate one message object (not a batch: a nested array is invalid)."""
     if not isinstance(obj, dict):
@@ -203,6 +219,7 @@ __all__ = [
     "parse_body",
     "parse_obj",
     "parse_one",
+    "plain_request",
     "request",
     "response",
 ]

@@ -101,3 +101,26 @@ def test_kernel_errors_come_back_as_themselves() -> None:
     with pytest.raises(EstarterError) as info:
         RayKernelPort(kernel).call(APP, "process.info", {"appId": "x"}).result(5)
     assert info.value.code == -32002
+
+
+def test_the_encoded_form_is_the_actors_reply_with_the_same_routing_and_retries() -> None:
+    kernel = FakeActor({"error": {"code": -32002, "message": "no such app"}})
+    vfs = FakeActor(ActorUnavailable("restarting"))
+    port = RayKernelPort(kernel, vfs=vfs, retry_for=30)
+    reply = port.call_encoded(APP, "process.info", {"appId": "x"})
+    assert reply is not None
+    assert json.loads(reply) == {"error": {"code": -32002, "message": "no such app"}}
+    # fs.* to the VFS actor, resubmitted while it restarts (an idempotent read).
+    assert json.loads(port.call_encoded(APP, "fs.read", {"path": "/appdata/a"}) or b"") \
+        == {"result": "ok"}
+    assert sent(kernel.call) == ["process.info"] and sent(vfs.call) == ["fs.read", "fs.read"]
+
+
+def test_the_encoded_form_answers_an_unavailable_actor_as_an_error_and_leaves_waits() -> None:
+    kernel = FakeActor(ActorUnavailable("gone"))
+    port = RayKernelPort(kernel, retry_for=30)
+    reply = port.call_encoded(APP, "ipc.send", {"to": "b", "message": 1})
+    assert reply is not None and json.loads(reply)["error"]["code"] == UNAVAILABLE
+    assert len(kernel.call.calls) == 1  # not repeated: it may have been applied
+    assert port.call_encoded(APP, "ipc.receive", {"timeoutMs": 10}) is None
+    assert len(kernel.call.calls) == 1
