@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from estarter.errors import EstarterError, NotFound, PermissionDenied
-from estarter.hosting.base import ExitInfo, ExitReason, HostContext, HostState
 from estarter.manifest import AppManifest
 from estarter.policy import SandboxPolicy
 from estarter.protocol import messages as m
 from estarter.protocol.kernel_wire import answer_body, encode_error, reply_error, serve_call
 from estarter.supervision import Supervisor
+
+from .test_supervisor_calls import IdleHost
 
 REQUESTS: list[Any] = [
     {"jsonrpc": "2.0", "id": 1, "method": "system.ping"},
@@ -109,36 +110,6 @@ class EncodedKernel:
         self.sent.append("logs")
 
     def exited(self, app_id: str, run_id: int, exit_info: dict[str, Any]) -> None:
-        pass
-
-
-class IdleHost:
-    app_id = "t"
-    pid = None
-
-    def __init__(self, ctx: HostContext) -> None:
-        self.ctx = ctx
-        self.state = HostState.STARTING
-
-    def start(self) -> None:
-        self.state = HostState.RUNNING
-
-    def stop(self, grace: float = 5.0) -> ExitInfo:
-        info = ExitInfo(None, ExitReason.STOPPED)
-        self.state = HostState.EXITED
-        self.ctx.on_exit(info)
-        return info
-
-    def wait(self, timeout: float | None = None) -> ExitInfo | None:
-        return None
-
-    def notify(self, method: str, params: Any) -> None:
-        pass
-
-    def info(self) -> dict[str, Any]:
-        return {"state": self.state.value}
-
-    def close(self) -> None:
         pass
 
 
