@@ -181,6 +181,8 @@ class Supervisor:
         self.app_id = policy.app_id
         self.run_id = run_id
         self.kernel = kernel
+        # The port's encoded form of a call (``_api_encoded``), if it has one.
+        self._call_encoded = getattr(kernel, "call_encoded", None)
         self.home = Path(home)
         self.node = node
         self.blocked_addresses = blocked_addresses  # e.g. the other Ray nodes' (network.py)
@@ -507,7 +509,7 @@ class Supervisor:
         kernel encoded it (the host splices it into the app's answer: two JSON
         passes fewer on every call, issue 15). None: the call takes ``_api`` (it is
         answered here, or may wait, or the kernel port has no encoded form)."""
-        call_encoded = getattr(self.kernel, "call_encoded", None)
+        call_encoded = self._call_encoded
         if (call_encoded is None or method in SUPERVISOR_METHODS or method == "log"
                 or method in BLOCKING_METHODS):
             return None
