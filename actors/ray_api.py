@@ -78,6 +78,34 @@ def remote(cls: type, options: dict[str, Any]) -> Any:
     return ray.remote(**options)(cls)
 
 
+def skip_serialization_addons() -> bool:
+    """Make this worker's Ray serialization context without Ray's add-ons; call it
+    first thing in an actor's ``__init__``, before anything is (de)serialized (an
+    actor made without arguments). True if it took effect here.
+
+    Ray makes a worker's serialization context on its first (de)serialization and
+    registers there serializers for pydantic v1 ``ModelField``s (FastAPI's),
+    starlette's ``State`` and pyarrow types (``ray.util.serialization_addons``).
+    Registering the first imports pydantic and ``pydantic.v1``: 0.17-0.3 CPU-s and
+    6.8 MiB of USS in every worker here, about a sixth of what an idle actor's worker
+    costs. A supervisor sends and receives plain data (dicts, lists, bytes,
+    dataclasses: ``SandboxPolicy`` is one so that it never loads pydantic), none of
+    those types, which cloudpickle would carry anyway. Measured: issue 15."""
+    from ray.util import serialization_addons
+
+    worker = ray._private.worker.global_worker
+    if getattr(worker, "current_job_id", None) in getattr(worker, "serialization_context_map", {}):
+        return False  # made already: nothing to save
+    if not callable(getattr(serialization_addons, "apply", None)):
+        return False
+    serialization_addons.apply = _no_addons
+    return True
+
+
+def _no_addons(context: Any) -> None:
+    """``serialization_addons.apply`` in a worker that needs none of them."""
+
+
 def translate(exc: BaseException) -> BaseException:
     """Ray's wrappers -> our errors: an EstarterError raised in an actor comes back as
     itself; a dead actor is NotFound; anything else is an internal error."""

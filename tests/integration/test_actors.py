@@ -83,9 +83,22 @@ def test_runtime_shows_its_actors_and_a_supervisor_per_app(runtime: Runtime,
             # Not Ray's nice 15 (actors.options.RAY_SYSTEM_CONFIG).
             assert {psutil.Process(a["pid"]).nice() for a in actors} == {0}
             assert {a["nice"] for a in actors} == {0}  # as doctor shows it
+            # Supervisors' workers never load pydantic (ray_api.skip_serialization_addons);
+            # the kernel's does (manifests), so the check can tell.
+            loaded = [(a["role"], a.get("appId"), _maps_name(a["pid"], "_pydantic_core"))
+                      for a in actors]
+            assert [k for k in loaded if k[0] == "kernel"] == [("kernel", None, True)]
+            assert [k for k in loaded if k[0] == "supervisor" and k[2]] == [], loaded
     finally:
         for app in apps:
             app.stop(grace=2.0)
+
+
+def _maps_name(pid: int, name: str) -> bool:
+    """Whether a file named like ``name`` is mapped in process ``pid`` (a shared
+    library it loaded)."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return any(name in line for line in fh)
 
 
 def retrying(rt: Runtime, name: str, *args: Any) -> Any:
