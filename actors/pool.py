@@ -85,6 +85,7 @@ class SupervisorPool:
         self._shaped: collections.OrderedDict[
             str, tuple[dict[str, Any], collections.deque[Pair]]] = collections.OrderedDict()
         self._launched: dict[str, float] = {}  # shape key -> its last launch (clock)
+        self._made: set[Any] = set()  # slot-pool ones made by fill, never given back
         self.fill()
 
     def fill(self) -> None:
@@ -97,6 +98,7 @@ class SupervisorPool:
             while len(self._idle) < self.size:
                 handle = ray_api.create(SupervisorActor, opts)
                 self._idle.append((handle, ray_api.submit(handle.ready)))
+                self._made.add(handle)
 
     def take(self, options: dict[str, Any] | None = None,
              room_on: Callable[[str], bool] | None = None) -> tuple[Any, Any, bool]:
@@ -110,6 +112,8 @@ class SupervisorPool:
             return self._take_shaped(options, room_on)
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
+            if pair is not None:
+                self._made.discard(pair[0])
         if pair is not None:
             self._later(self.fill)
             return pair[0], pair[1], False
@@ -132,7 +136,7 @@ class SupervisorPool:
         with self._lock:
             if not self._idle or self._idle[0] is not head:
                 return None  # another launch took it meanwhile
-            self._idle.popleft()
+            self._made.discard(self._idle.popleft()[0])
         self._later(self.fill)
         return head
 
@@ -230,6 +234,7 @@ class SupervisorPool:
         with self._lock:
             idle = list(self._idle)
             self._idle.clear()
+            self._made.clear()
             shaped, _ = self._clear_shaped()
         for handle, _ in idle + shaped:
             ray_api.kill(handle)
@@ -263,18 +268,34 @@ class SupervisorPool:
         return handle, ray_api.submit(handle.ready), False
 
     def give_back(self, handle: Any) -> None:
-        """Reuse a slot-pool supervisor whose app ended, or kill it if the pool is full."""
+        """Reuse a slot-pool supervisor whose app ended, or kill it if the pool is full.
+
+        Full with a refill whose worker is still starting, the warm one stays and the
+        refill goes: a launch that took the refill would wait for its worker's start
+        (0.3-1 s here). That happened to launches made one after another (issue 15):
+        the refill timer of one launch fired while the next app ran, made a worker,
+        and the supervisor coming back from that app was killed for it."""
         with self._lock:
             if len(self._idle) < self.size:
                 self._idle.append((handle, ray_api.submit(handle.reset)))
                 return
-        ray_api.kill(handle)
+            starting = [pair for pair in self._idle if pair[0] in self._made]
+        victim = handle
+        late = [pair for pair in starting if not ray_api.wait([pair[1]], timeout=0)[0]]
+        with self._lock:
+            if late and late[0] in self._idle:
+                self._idle.remove(late[0])
+                self._made.discard(late[0][0])
+                self._idle.appendleft((handle, ray_api.submit(handle.reset)))
+                victim = late[0][0]
+        ray_api.kill(victim)
 
     def close(self) -> None:
         with self._lock:
             idle = list(self._idle)
             idle += [pair for _, waiting in self._shaped.values() for pair in waiting]
             self._idle, self._shaped = collections.deque(), collections.OrderedDict()
+            self._made = set()
             self._launched = {}
             self.size = self.shapes = 0
         for handle, _ in idle:

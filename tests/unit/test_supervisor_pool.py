@@ -139,6 +139,31 @@ def test_give_back_reuses_while_there_is_room_then_kills(fake: FakeRay) -> None:
     pool.close()
 
 
+def test_a_supervisor_given_back_beats_a_refill_still_starting(
+        fake: FakeRay, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launches one after another: the refill made while an app ran is still
+    starting when the app's supervisor comes back, so the warm one stays (a launch
+    would wait for the refill's worker); once the refill is up, the pool is full."""
+    up: set[str] = set()
+    monkeypatch.setattr(ray_api, "wait", lambda refs, timeout=None: (
+        [r for r in refs if r[0] in up], [r for r in refs if r[0] not in up]))
+    monkeypatch.setattr(SupervisorPool, "_later", staticmethod(lambda action: None))
+    pool = SupervisorPool(1)
+    up.add("sup-0")
+    first, _, _ = pool.take()
+    pool.fill()  # the take's refill, while the app runs: sup-1, starting
+    pool.give_back(first)
+    assert fake.killed == ["sup-1"]
+    assert first.calls == ["ready", "reset"]
+    assert pool.take()[0] is first
+    pool.fill()  # sup-2, up by the time the app ends
+    up.add("sup-2")
+    pool.give_back(first)
+    assert fake.killed == ["sup-1", "sup-0"]
+    assert pool.take()[0].name == "sup-2"
+    pool.close()
+
+
 def test_wake_tells_the_supervisor_the_next_launch_will_take(fake: FakeRay) -> None:
     pool = SupervisorPool(1)
     abandon = pool.wake("app")
