@@ -281,13 +281,14 @@ class SupervisorPool:
                 return
             starting = [pair for pair in self._idle if pair[0] in self._made]
         victim = handle
-        late = [pair for pair in starting if not ray_api.wait([pair[1]], timeout=0)[0]]
+        late = next((pair for pair in starting
+                     if not ray_api.wait([pair[1]], timeout=0)[0]), None)
         with self._lock:
-            if late and late[0] in self._idle:
-                self._idle.remove(late[0])
-                self._made.discard(late[0][0])
+            if late is not None and late in self._idle:
+                self._idle.remove(late)
+                self._made.discard(late[0])
                 self._idle.appendleft((handle, ray_api.submit(handle.reset)))
-                victim = late[0][0]
+                victim = late[0]
         ray_api.kill(victim)
 
     def close(self) -> None:

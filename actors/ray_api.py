@@ -78,10 +78,10 @@ def remote(cls: type, options: dict[str, Any]) -> Any:
     return ray.remote(**options)(cls)
 
 
-def skip_serialization_addons() -> bool:
+def skip_serialization_addons() -> None:
     """Make this worker's Ray serialization context without Ray's add-ons; call it
     first thing in an actor's ``__init__``, before anything is (de)serialized (an
-    actor made without arguments). True if it took effect here.
+    actor made without arguments). A no-op where the context exists already.
 
     Ray makes a worker's serialization context on its first (de)serialization and
     registers there serializers for pydantic v1 ``ModelField``s (FastAPI's),
@@ -95,11 +95,9 @@ def skip_serialization_addons() -> bool:
 
     worker = ray._private.worker.global_worker
     if getattr(worker, "current_job_id", None) in getattr(worker, "serialization_context_map", {}):
-        return False  # made already: nothing to save
-    if not callable(getattr(serialization_addons, "apply", None)):
-        return False
-    serialization_addons.apply = _no_addons
-    return True
+        return  # made already: nothing to save
+    if callable(getattr(serialization_addons, "apply", None)):
+        serialization_addons.apply = _no_addons
 
 
 def _no_addons(context: Any) -> None:
