@@ -147,7 +147,7 @@ def test_a_supervisor_given_back_beats_a_refill_still_starting(
     up: set[str] = set()
     monkeypatch.setattr(ray_api, "wait", lambda refs, timeout=None: (
         [r for r in refs if r[0] in up], [r for r in refs if r[0] not in up]))
-    monkeypatch.setattr(SupervisorPool, "_later", staticmethod(lambda action: None))
+    monkeypatch.setattr(SupervisorPool, "_later", lambda self, action: None)
     pool = SupervisorPool(1)
     up.add("sup-0")
     first, _, _ = pool.take()
@@ -445,3 +445,29 @@ def test_a_supervisor_gives_back_what_it_held_for_its_app(
     assert released == ["group-1"]  # held while the app runs
     assert shell.reset() == "node-a" and released == ["group-1", "group-2"]
     assert asked == [({"memory": 1.0}, "node-a")] * 3
+
+
+def test_refills_run_later_in_order_on_one_thread_that_survives_a_failure() -> None:
+    """A take's refill runs after its delay on the pool's one refill thread, not on a
+    thread started per take; a refill that raises does not stop the ones after it."""
+    from actors.pool import _Later
+
+    later = _Later()
+    ran: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def step(name: str) -> None:
+        ran.append((name, threading.current_thread().name))
+        if name == "boom":
+            raise RuntimeError("a refill that fails")
+        if name == "last":
+            done.set()
+
+    for name in ("first", "boom", "last"):
+        later.add(0.01, lambda name=name: step(name))
+    assert done.wait(30)
+    assert [name for name, _ in ran] == ["first", "boom", "last"]
+    assert {thread for _, thread in ran} == {"estarter-pool-refill"}
+    again = threading.Event()
+    later.add(0.0, again.set)  # the thread may have ended meanwhile: one is started
+    assert again.wait(30)
