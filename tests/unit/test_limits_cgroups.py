@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -109,6 +110,28 @@ def test_hybrid_unified_with_only_hugetlb_is_not_v2(tmp_path: Path) -> None:
     (root / "unified").mkdir(parents=True)
     (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
     assert limits.detect(root, probe_sandbox=False).v2_root is None
+
+
+def test_the_nodes_hierarchy_is_read_once_per_period_a_given_root_each_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every launch asks (prepare, premade): the node's /sys/fs/cgroup is read at most
+    once per CGROUP_FACTS_SECONDS; another root (tests, a fake tree) is read each time."""
+    import importlib
+
+    detect = importlib.import_module("estarter.hosting.limits.detect")
+    reads: list[Path] = []
+    monkeypatch.setattr(detect, "find_v2",
+                        lambda root: (reads.append(root), (None, frozenset()))[1])
+    monkeypatch.setattr(detect, "_cgroup_facts", {})
+    clock = [1000.0]
+    monkeypatch.setattr(detect, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    for _ in range(3):
+        detect.detect(probe_sandbox=False)
+        detect.detect(tmp_path, probe_sandbox=False)
+    assert reads == [detect.CGROUP_ROOT] + [tmp_path] * 3
+    clock[0] += detect.CGROUP_FACTS_SECONDS
+    detect.detect(probe_sandbox=False)
+    assert reads[-1] == detect.CGROUP_ROOT and len(reads) == 5
 
 
 @pytest.fixture

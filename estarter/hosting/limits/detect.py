@@ -1,4 +1,5 @@
-"""What this host can enforce, found once per process: cgroups, namespaces, bwrap.
+"""What this host can enforce: bwrap, slirp4netns and the seccomp filter found once per
+process, the node's cgroup hierarchy at most every ``CGROUP_FACTS_SECONDS``.
 
 ``host_capabilities()`` is what ``estarter doctor`` prints, one line per item.
 """
@@ -10,6 +11,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,16 +89,39 @@ def probe_bwrap() -> tuple[str | None, str]:
     return path, ""
 
 
+# The node's own hierarchy is read at most this often per process: every launch asks
+# (prepare and the premade cgroups each did: 0.17-0.3 ms of a supervisor's start).
+CGROUP_FACTS_SECONDS = 30.0
+CgroupFacts = tuple[Path | None, frozenset[str], dict[str, Path], bool]
+_cgroup_facts: dict[Path, tuple[float, CgroupFacts]] = {}
+
+
+def cgroup_facts(root: Path) -> CgroupFacts:
+    """(v2 root, v2 controllers, v1 mounts, CAP_SYS_ADMIN): read now, except for the
+    node's own ``/sys/fs/cgroup``, reused for ``CGROUP_FACTS_SECONDS``."""
+    now = time.monotonic()
+    cached = _cgroup_facts.get(root) if root == CGROUP_ROOT else None
+    if cached is not None and now - cached[0] < CGROUP_FACTS_SECONDS:
+        return cached[1]
+    v2_root, v2_ctrls = find_v2(root)
+    facts: CgroupFacts = (v2_root, v2_ctrls,
+                          {} if v2_root is not None else mounted_controllers(root),
+                          _cap_sys_admin())
+    if root == CGROUP_ROOT:
+        _cgroup_facts[root] = (now, facts)
+    return facts
+
+
 def detect(cgroup_root: Path = CGROUP_ROOT, *, probe_sandbox: bool = True) -> HostFacts:
-    v2_root, v2_ctrls = find_v2(cgroup_root)
+    v2_root, v2_ctrls, v1_mounts, cap_sys_admin = cgroup_facts(cgroup_root)
     bwrap, why = probe_bwrap() if probe_sandbox else (None, "not probed")
     return HostFacts(
         cgroup_root=cgroup_root,
         v2_root=v2_root,
         v2_controllers=v2_ctrls,
-        v1_mounts={} if v2_root is not None else mounted_controllers(cgroup_root),
+        v1_mounts=dict(v1_mounts),
         is_root=os.geteuid() == 0,
-        cap_sys_admin=_cap_sys_admin(),
+        cap_sys_admin=cap_sys_admin,
         bwrap=bwrap,
         bwrap_error=why,
         slirp=probe_slirp() if probe_sandbox else NO_SLIRP,
