@@ -156,12 +156,18 @@ class SupervisorShell:
         # First, before Ray (de)serializes anything in this worker: its context without
         # the add-ons that import pydantic (ray_api; ~0.2 CPU-s, 6.8 MiB per supervisor).
         ray_api.skip_serialization_addons()
-        from estarter.hosting import factory, limits, process_host  # noqa: F401  (warm imports)
+        from estarter.hosting import budget, factory, limits, process_host, python_app, spawn  # noqa: F401
 
         # Each process finds the host's sandbox once (bwrap and slirp4netns run, the
-        # seccomp filter compiled): here, while a pooled supervisor waits, rather than
-        # in its first launch, which it made 17-31 ms longer (a plan 2-4 ms after).
+        # seccomp filter compiled), a python app's interpreter, SDK and site-packages
+        # (sysconfig) and the C launcher (its source hashed): here, while a pooled
+        # supervisor waits, rather than in its first launch, which it made 17-31 ms
+        # longer (and the plan of every first launch in a new worker ~2 ms after).
+        # Supervisors of a request shape are new workers each (issue 15).
         limits.detect()
+        python_app.warm()
+        spawn.native_launcher()
+        budget.release_big_allocations()
 
         self.kernel = ray_api.get_actor(KERNEL_NAME)
         try:
