@@ -168,6 +168,7 @@ class SupervisorShell:
         python_app.warm()
         spawn.native_launcher()
         budget.release_big_allocations()
+        limits.sweep_soon()
 
         self.kernel = ray_api.get_actor(KERNEL_NAME)
         try:

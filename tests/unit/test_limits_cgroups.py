@@ -282,6 +282,28 @@ def test_sweep_later_sweeps_on_a_thread_once_per_period(tmp_path: Path) -> None:
     assert old.exists()
 
 
+def test_sweep_soon_is_the_sweep_a_first_launch_would_start(
+        tmp_path: Path, fake_v1: Path) -> None:
+    """A supervisor waiting in the pool sweeps now: stale leftovers go, and its first
+    launch (the same parents) starts no sweep of its own."""
+    import threading
+
+    past = time.time() - 2 * cgroupfs.STALE_SECONDS
+    for ctrl in ("memory", "pids", "cpu", "cpuacct"):
+        old = fake_v1 / ctrl / "estarter" / "gone-1-x"
+        old.mkdir(parents=True)
+        os.utime(old, (past, past))
+    limits.sweep_soon(fake_v1)
+    for t in [t for t in threading.enumerate() if t.name == "estarter-sweep-cgroups"]:
+        t.join(timeout=30)
+    assert not list(fake_v1.glob("*/estarter/gone-1-x"))
+    swept = dict(cgroupfs._swept)
+    policy = make_policy(tmp_path, sandboxed=True)
+    lim = limits.prepare(policy, make_ctx(tmp_path), cgroup_root=fake_v1)
+    assert cgroupfs._swept == swept  # its parents were swept already: no new sweep
+    lim.cleanup()
+
+
 def _leaves(root: Path, ctrl: str = "memory") -> list[Path]:
     return [d for d in (root / ctrl / "estarter").iterdir() if d.is_dir()]
 

@@ -56,6 +56,16 @@ def expect_launch(app_id: str, cgroup_root: Path | None = None) -> bool:
     return premade.premake(detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False), app_id)
 
 
+def sweep_soon(cgroup_root: Path | None = None) -> None:
+    """Start this process's first sweep of stale cgroups now (``sweep_stale_later``,
+    a thread): a supervisor waiting in the pool calls it, so that its first launch
+    neither starts that thread nor runs beside it."""
+    facts = detect(cgroup_root or CGROUP_ROOT, probe_sandbox=False)
+    cgroups = premade.new_cgroups(facts, facts.backend, "sweep")  # for its parents only
+    if cgroups is not None:
+        sweep_stale_later(cgroups.parents())
+
+
 def forget_launch(app_id: str, cgroup_root: Path | None = None) -> None:
     """That launch of ``app_id`` is over: remove what ``expect_launch`` made for it
     and it did not take (a no-op when it did)."""
@@ -71,4 +81,5 @@ __all__ = [
     "forget_launch",
     "host_capabilities",
     "prepare",
+    "sweep_soon",
 ]
