@@ -104,15 +104,20 @@ class SupervisorPool:
                 self._made.add(handle)
 
     def take(self, options: dict[str, Any] | None = None,
-             room_on: Callable[[str], bool] | None = None) -> tuple[Any, Any, bool]:
+             room_on: Callable[[str], bool] | None = None,
+             ask: Callable[[], Callable[[str], bool] | None] | None = None
+             ) -> tuple[Any, Any, bool]:
         """(actor, readiness ref, dedicated). Dedicated: made for these ``options``
         (or warm for their shape); it holds them until its app ends. With ``options``
         and no warm one of their shape, an idle slot-pool supervisor on a node where
         ``room_on(node id)`` says they fit is lent instead (not dedicated): its start
         must hold ``options``' resources itself (``SupervisorShell.start``'s
-        ``reserve``)."""
+        ``reserve``). ``ask``, in place of ``room_on``: called only then (no warm one
+        waits), before any new actor is made; it returns ``room_on`` or None (the
+        spawner's question about the cluster's room, a GCS query, is asked only when
+        its answer is used)."""
         if options:
-            return self._take_shaped(options, room_on)
+            return self._take_shaped(options, room_on, ask)
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
             if pair is not None:
@@ -144,11 +149,17 @@ class SupervisorPool:
         return head
 
     def _take_shaped(self, options: dict[str, Any],
-                     room_on: Callable[[str], bool] | None = None) -> tuple[Any, Any, bool]:
+                     room_on: Callable[[str], bool] | None = None,
+                     ask: Callable[[], Callable[[str], bool] | None] | None = None
+                     ) -> tuple[Any, Any, bool]:
+        if ask is not None:
+            room_on = None
         if "scheduling_strategy" in options:  # pinned to a node: its own, there
+            if ask is not None:
+                ask()
             return self.made(options)
         if not self.shapes:
-            return self._lent_or_made(options, room_on)
+            return self._lent_or_made(options, ask() if ask is not None else room_on)
         key = shape_key(options)
         evicted: list[Pair] = []
         with self._lock:
@@ -167,7 +178,7 @@ class SupervisorPool:
         self._later(lambda: self.fill_shape(key))
         if pair is not None:
             return pair[0], pair[1], True
-        return self._lent_or_made(options, room_on)
+        return self._lent_or_made(options, ask() if ask is not None else room_on)
 
     def _lent_or_made(self, options: dict[str, Any],
                       room_on: Callable[[str], bool] | None) -> tuple[Any, Any, bool]:

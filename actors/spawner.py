@@ -187,23 +187,30 @@ class RaySpawner:
               node: str | None = None) -> RaySupervisorPort:
         req = self.request(policy, node)
         opts = _options(req)
-        # Whether the cluster had room before our actor asked for it: once Ray has
-        # placed it, the actor holds its resources while its worker starts (seconds
-        # on a loaded node), and "no room now" no longer tells "full" from "slow".
-        # A warm pooled supervisor is placed and started already: no question to ask.
-        free = ray_api.available_by_node() if opts else None
-        room_before = placement.fits(req, _summed(free)) if free is not None else None
         # With room, an idle slot-pool supervisor on a node that has it is lent to
         # the app and holds its CPU and memory there itself: milliseconds, where a
         # supervisor of the app's shape is a new worker (about 1 s here).
         hold = {name: amount for name, amount in req.ray_resources().items()
                 if name != placement.APP_SLOT}  # what a lent one must hold beside its slot
+        free: dict[str, dict[str, float]] = {}
+        room_before: bool | None = None
+
+        def ask() -> Callable[[str], bool] | None:
+            # Whether the cluster had room before our actor asked for it: once Ray
+            # has placed it, the actor holds its resources while its worker starts
+            # (seconds on a loaded node), and "no room now" no longer tells "full"
+            # from "slow". Asked by the pool only when no warm supervisor of the
+            # shape waits (that one is placed and started: no question; the query
+            # was ~1 ms of each such launch here), before it makes a new actor.
+            nonlocal room_before
+            free.update(ray_api.available_by_node())
+            room_before = placement.fits(req, _summed(free))
+            return room_on if room_before and hold else None
 
         def room_on(node_id: str) -> bool:  # beside the slot the lent one holds
-            return free is not None and placement.covers(free.get(node_id, {}), hold)
+            return placement.covers(free.get(node_id, {}), hold)
 
-        lend = room_on if room_before and hold else None
-        handle, ready, dedicated = self.pool.take(opts, lend)
+        handle, ready, dedicated = self.pool.take(opts, ask=ask if opts else None)
         if room_before is False and not ray_api.wait([ready], timeout=0)[0]:
             room_before = self._room_after_drop(req)
         if room_before is None:

@@ -329,6 +329,34 @@ def test_a_shape_without_a_warm_one_borrows_the_idle_slot_supervisor_where_it_fi
     pool.close()
 
 
+def test_the_room_question_is_asked_only_without_a_warm_one_and_before_a_new_actor(
+        fake: FakeRay, up_on: dict[str, str]) -> None:
+    """``ask`` (the spawner's GCS query about the cluster's room, ~1 ms) is not asked
+    when a warm supervisor of the shape waits; otherwise it is asked before any new
+    actor holds resources, and what it returns decides a lend."""
+    pool = SupervisorPool(1, room=lambda opts: True)
+    idle = fake.created[0]
+    up_on[idle.name] = "node-a"
+    asked: list[int] = []
+
+    def ask(lend: bool) -> Any:
+        def question() -> Any:
+            asked.append(len(fake.created))  # actors made so far, when asked
+            return (lambda node: True) if lend else None
+        return question
+
+    made, _, dedicated = pool.take(MEM, ask=ask(False))
+    assert asked == [1] and made is fake.created[1] and dedicated is True
+    pool.fill_shape(shape_key(MEM))
+    warm = fake.created[-1]
+    assert pool.take(dict(MEM), ask=ask(False))[0] is warm and asked == [1]  # no question
+    pinned, _, _ = pool.take({**MEM, "scheduling_strategy": "node-x"}, ask=ask(True))
+    assert asked == [1, 3] and pinned is fake.created[3]
+    lent, _, dedicated = pool.take(CPU, ask=ask(True))
+    assert asked == [1, 3, 4] and (lent, dedicated) == (idle, False)
+    pool.close()
+
+
 def test_the_launch_hint_goes_to_the_supervisor_that_will_be_lent(fake: FakeRay) -> None:
     pool = SupervisorPool(1, room=lambda opts: True)
     assert pool.wake("app", dict(MEM)) is not None
