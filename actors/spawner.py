@@ -355,8 +355,8 @@ class RaySpawner:
                 # was lost because the kernel was restarting (see watch()).
                 self.on_exited(app_id, run_id, final)
         finally:
-            if dedicated:
-                ray_api.kill(port.handle)  # it holds this app's resources: free them
+            if dedicated:  # it holds its app's shape: warm for the next of that shape, or freed
+                self.pool.give_back_shaped(port.handle)
             else:
                 self.pool.give_back(port.handle)  # the app ended: reuse or free it
 

@@ -357,6 +357,31 @@ def test_the_room_question_is_asked_only_without_a_warm_one_and_before_a_new_act
     pool.close()
 
 
+def test_a_shaped_supervisor_whose_app_ended_is_the_next_warm_one_of_its_shape(
+        fake: FakeRay) -> None:
+    """It holds its shape's resources already, as a new warm one would: kept (reset)
+    when its shape has none waiting, so a shape launched again and again needs no
+    new worker each time; killed when one waits, or when it was not handed out for
+    a shape (pinned)."""
+    pool = SupervisorPool(0, room=lambda opts: True)
+    first, _, dedicated = pool.take(MEM)
+    assert dedicated is True
+    pool.give_back_shaped(first)
+    assert first.calls == ["ready", "reset"] and "sup-0" not in fake.killed
+    pool.fill_shape(shape_key(MEM))  # the take's refill: one waits already
+    assert len(fake.created) == 1
+    again, ready, dedicated = pool.take(dict(MEM))
+    assert (again, ready, dedicated) == (first, ("sup-0", "reset"), True)
+    pool.fill_shape(shape_key(MEM))  # this time none waits: a new warm one
+    pool.give_back_shaped(first)
+    assert fake.killed == ["sup-0"]  # one of its shape waits already
+    pinned, _, _ = pool.take({**MEM, "scheduling_strategy": "node-x"})
+    pool.take(dict(MEM))  # the warm one goes: the shape has none waiting
+    pool.give_back_shaped(pinned)
+    assert fake.killed == ["sup-0", pinned.name]
+    pool.close()
+
+
 def test_the_launch_hint_goes_to_the_supervisor_that_will_be_lent(fake: FakeRay) -> None:
     pool = SupervisorPool(1, room=lambda opts: True)
     assert pool.wake("app", dict(MEM)) is not None
