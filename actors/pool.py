@@ -19,8 +19,9 @@ warm supervisor serves only launches that ask for exactly what it holds:
   placement group on its node (``SupervisorShell.start``'s ``reserve``), a few ms
   where a new worker is about 1 s. A shape not launched for
   ``SHAPE_IDLE_SECONDS`` is forgotten and its idle supervisor killed (``expire``): an
-  idle Ray worker costs ~1.8% of a core and ~50 MiB here. Their supervisors are
-  killed when their app ends: they held that app's resources.
+  idle Ray worker costs ~1.8% of a core and ~50 MiB here. A shaped supervisor whose
+  app ended holds its shape's resources, as a warm one does: it becomes its shape's
+  warm one when none waits, and is killed otherwise (``give_back_shaped``).
 
 A launch pinned to a node (``scheduling_strategy``) always gets its own actor. When
 a node is lost the idle ones go (``flush``): a launch that took a dead one would fail.
