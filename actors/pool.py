@@ -109,20 +109,18 @@ class SupervisorPool:
                 self._made.add(handle)
 
     def take(self, options: dict[str, Any] | None = None,
-             room_on: Callable[[str], bool] | None = None,
              ask: Callable[[], Callable[[str], bool] | None] | None = None
              ) -> tuple[Any, Any, bool]:
         """(actor, readiness ref, dedicated). Dedicated: made for these ``options``
         (or warm for their shape); it holds them until its app ends. With ``options``
-        and no warm one of their shape, an idle slot-pool supervisor on a node where
-        ``room_on(node id)`` says they fit is lent instead (not dedicated): its start
-        must hold ``options``' resources itself (``SupervisorShell.start``'s
-        ``reserve``). ``ask``, in place of ``room_on``: called only then (no warm one
-        waits), before any new actor is made; it returns ``room_on`` or None (the
-        spawner's question about the cluster's room, a GCS query, is asked only when
-        its answer is used)."""
+        and no warm one of their shape, ``ask()`` is called, before any new actor is
+        made (the spawner's question about the cluster's room, a GCS query, is asked
+        only when its answer is used); it returns ``room_on`` or None. An idle
+        slot-pool supervisor on a node where ``room_on(node id)`` says they fit is then
+        lent instead (not dedicated): its start must hold ``options``' resources
+        itself (``SupervisorShell.start``'s ``reserve``)."""
         if options:
-            return self._take_shaped(options, room_on, ask)
+            return self._take_shaped(options, ask)
         with self._lock:
             pair = self._idle.popleft() if self._idle else None
             if pair is not None:
@@ -154,17 +152,14 @@ class SupervisorPool:
         return head
 
     def _take_shaped(self, options: dict[str, Any],
-                     room_on: Callable[[str], bool] | None = None,
                      ask: Callable[[], Callable[[str], bool] | None] | None = None
                      ) -> tuple[Any, Any, bool]:
-        if ask is not None:
-            room_on = None
+        question = ask if ask is not None else (lambda: None)
         if "scheduling_strategy" in options:  # pinned to a node: its own, there
-            if ask is not None:
-                ask()
+            question()  # asked all the same: the spawner's wait needs the answer
             return self.made(options)
         if not self.shapes:
-            return self._lent_or_made(options, ask() if ask is not None else room_on)
+            return self._lent_or_made(options, question())
         key = shape_key(options)
         evicted: list[Pair] = []
         with self._lock:
@@ -181,14 +176,15 @@ class SupervisorPool:
         for handle, _ in evicted:
             ray_api.kill(handle)
         self._later(lambda: self.fill_shape(key))
-        if pair is None:
-            pair_or_lent = self._lent_or_made(options, ask() if ask is not None else room_on)
-            if not pair_or_lent[2]:
-                return pair_or_lent  # lent: back to the slot pool when its app ends
-            pair = pair_or_lent[0], pair_or_lent[1]
+        if pair is not None:
+            handle, ready = pair
+        else:
+            handle, ready, dedicated = self._lent_or_made(options, question())
+            if not dedicated:
+                return handle, ready, False  # lent: back to the slot pool when its app ends
         with self._lock:
-            self._shape_of[pair[0]] = key
-        return pair[0], pair[1], True
+            self._shape_of[handle] = key
+        return handle, ready, True
 
     def _lent_or_made(self, options: dict[str, Any],
                       room_on: Callable[[str], bool] | None) -> tuple[Any, Any, bool]:

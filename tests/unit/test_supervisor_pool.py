@@ -310,22 +310,22 @@ def test_a_shape_without_a_warm_one_borrows_the_idle_slot_supervisor_where_it_fi
     supervisor serves it when its node has room for the app's requests."""
     pool = SupervisorPool(1, room=lambda opts: True)
     idle = fake.created[0]
-    assert pool.take(MEM, room_on=lambda node: True)[0] is not idle  # still starting
+    assert pool.take(MEM, ask=lambda: lambda node: True)[0] is not idle  # still starting
     up_on[idle.name] = "node-a"
     room = {"node-a": False}
-    made, _, dedicated = pool.take(CPU, room_on=lambda node: room[node])
+    made, _, dedicated = pool.take(CPU, ask=lambda: lambda node: room[node])
     assert made is not idle and dedicated is True and made.options == CPU  # no room there
     room["node-a"] = True
     pinned, _, _ = pool.take({**MEM, "scheduling_strategy": "node-x"},
-                             room_on=lambda node: True)
+                             ask=lambda: lambda node: True)
     assert pinned is not idle  # a pinned launch always gets its own, on its node
-    lent, ready, dedicated = pool.take({"num_cpus": 1.0}, room_on=lambda node: room[node])
+    lent, ready, dedicated = pool.take({"num_cpus": 1.0}, ask=lambda: lambda node: room[node])
     assert (lent, ready, dedicated) == (idle, (idle.name, "ready"), False)
     assert not pool._idle and idle.name not in fake.killed  # refilled a second later
     pool.fill_shape(shape_key(CPU))  # the shapes are still made warm after a launch
     warm = fake.created[-1]
     assert warm.options == CPU
-    assert pool.take(dict(CPU), room_on=lambda node: True)[0] is warm  # warm first
+    assert pool.take(dict(CPU), ask=lambda: lambda node: True)[0] is warm  # warm first
     pool.close()
 
 
